@@ -1,0 +1,1 @@
+"""recserve's online half: the inference server over the versioned model repository."""

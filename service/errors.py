@@ -1,0 +1,83 @@
+"""The server's error taxonomy: one exception type per failure, mapped to HTTP status in one place.
+
+Status codes follow Triton's HTTP frontend: invalid argument 400, not found 404, unavailable 503,
+internal 500. Every error response has the body ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServingError(Exception):
+    """Base class; ``status_code`` is the HTTP status the error is answered with."""
+
+    status_code: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or does not match the model's inputs."""
+
+    status_code = 400
+
+
+class PayloadTooLarge(ServingError):
+    status_code = 413
+
+
+class Unauthorized(ServingError):
+    """The repository API was called without a valid admin token (or none is configured)."""
+
+    status_code = 403
+
+
+class ModelNotFound(ServingError):
+    status_code = 404
+
+
+class ModelNotReady(ServingError):
+    """The model or version exists but is not loaded and ready."""
+
+    status_code = 503
+
+
+class Unavailable(ServingError):
+    """The server cannot take the request now: queue full, timed out in queue, or shutting down."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class Overloaded(Unavailable):
+    """The version's queue is full."""
+
+
+class QueueTimeout(Unavailable):
+    """The request waited in the queue past its timeout and was never computed."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is draining after SIGTERM."""
+
+
+class InferenceFailed(ServingError):
+    """ONNX Runtime failed on a request's rows."""
+
+    status_code = 500
+
+
+class ModelLoadError(Exception):
+    """A version could not be loaded; the reason is shown in the repository index."""

@@ -1,0 +1,1 @@
+"""recserve's offline half: train MLP recommenders in NumPy, export to ONNX, publish versions."""
