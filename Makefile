@@ -32,7 +32,7 @@ run: train-default
 	$(BIN)/recserve serve --model-repository $(MODEL_REPO)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy --strict service training
