@@ -42,10 +42,10 @@ pytest: $(VENV)/.test-installed
 
 test: lint typecheck pytest
 
-# Tools some tests drive (promtool, kubectl, wrk). Debian/Ubuntu; needs root.
+# Tools some tests and benchmarks drive (promtool, wrk). Debian/Ubuntu; needs root.
 system-deps:
-	@command -v promtool >/dev/null && command -v kubectl >/dev/null && command -v wrk >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus kubernetes-client wrk >/dev/null; }
+	@command -v promtool >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null; }
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/serve_bench.py

@@ -66,6 +66,7 @@ def publish_version(
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
         write(staging)
+        staging.chmod(0o755)  # mkdtemp creates 0700; servers may run as another user
         _fsync_tree(staging)
         with _publish_lock(model_dir):
             for _ in range(_MAX_ATTEMPTS):

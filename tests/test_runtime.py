@@ -1,0 +1,193 @@
+"""ONNX Runtime wrapper: provider probe, contract check, warmup, runs."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service import runtime
+from service.errors import ModelLoadError
+from service.runtime import (
+    CPU,
+    CUDA,
+    Runtime,
+    TensorSpec,
+    check_contract,
+    choose_provider,
+    probe_gpu,
+)
+from tests.factories import random_params, reference_scores
+from training.export import build_graph
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe() -> Iterator[None]:
+    runtime._probe_cached.cache_clear()
+    yield
+    runtime._probe_cached.cache_clear()
+
+
+def model_bytes(n_users: int = 6, n_items: int = 5, seed: int = 0) -> tuple[bytes, Any]:
+    params = random_params(n_users, n_items, seed=seed)
+    return build_graph(params, "mlp").SerializeToString(), params
+
+
+def test_auto_on_this_machine_picks_cpu_quietly(capfd: pytest.CaptureFixture[str]) -> None:
+    has_gpu, why = probe_gpu()
+    choice = choose_provider("auto")
+    data, params = model_bytes()
+    session = Runtime(data, provider=choice.provider)
+    users, items = np.array([0, 1, 5]), np.array([4, 0, 2])
+    scores = session.run({"user": users, "item": items})["score"]
+    captured = capfd.readouterr()
+    assert "CUDA" not in captured.err + captured.out  # no failed attempt at the CUDA provider
+    if has_gpu:
+        assert choice.provider == CUDA
+    else:
+        assert choice.provider == CPU and session.provider == CPU
+        assert why in choice.reason
+    np.testing.assert_allclose(scores, reference_scores(params, users, items), atol=1e-6)
+
+
+def test_cpu_preference_does_not_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(_: int) -> tuple[bool, str]:
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(runtime, "probe_gpu", fail)
+    assert choose_provider("cpu").provider == CPU
+
+
+def test_probe_without_cuda_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CPU])
+    assert probe_gpu() == (False, "this onnxruntime build has no CUDA provider")
+
+
+class FakeLibCuda:
+    def __init__(self, init_status: int, devices: int) -> None:
+        self.init_status = init_status
+        self.devices = devices
+
+    def cuInit(self, flags: int) -> int:
+        return self.init_status
+
+    def cuDeviceGetCount(self, count: Any) -> int:
+        count._obj.value = self.devices
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("lib", "expected", "reason"),
+    [
+        (None, False, "libcuda.so.1 not found"),
+        (FakeLibCuda(100, 0), False, "cuInit returned 100"),
+        (FakeLibCuda(0, 0), False, "reports no GPU"),
+        (FakeLibCuda(0, 2), True, "2 GPU(s) found"),
+    ],
+)
+def test_probe_asks_the_driver(
+    monkeypatch: pytest.MonkeyPatch, lib: FakeLibCuda | None, expected: bool, reason: str
+) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+
+    def cdll(name: str) -> FakeLibCuda:
+        if lib is None:
+            raise OSError(f"{name}: cannot open shared object file")
+        return lib
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    has_gpu, why = probe_gpu()
+    assert has_gpu is expected
+    assert reason in why
+    if expected:
+        assert choose_provider("auto").provider == CUDA
+        _, why_far = probe_gpu(5)
+        assert "GPU 5 requested" in why_far
+
+
+def test_cuda_preference_without_a_gpu_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "probe_gpu", lambda _: (False, "no GPU here"))
+    with pytest.raises(ModelLoadError, match="no GPU here"):
+        choose_provider("cuda")
+    assert choose_provider("auto") == runtime.ProviderChoice(CPU, "provider 'auto': no GPU here")
+
+
+def test_specs_and_contract_of_an_exported_model() -> None:
+    session = Runtime(model_bytes()[0])
+    assert session.inputs == (
+        TensorSpec("user", "INT64", (-1,)),
+        TensorSpec("item", "INT64", (-1,)),
+    )
+    assert session.outputs == (TensorSpec("score", "FP32", (-1,)),)
+    check_contract(session.inputs, session.outputs)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "reason"),
+    [
+        (
+            [TensorSpec("user", "INT64", (-1,)), TensorSpec("product", "INT64", (-1,))],
+            [TensorSpec("score", "FP32", (-1,))],
+            "do not match the contract",
+        ),
+        (
+            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT32", (-1,))],
+            [TensorSpec("score", "FP32", (-1,))],
+            "input 'item' has datatype INT32",
+        ),
+        (
+            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1, 1))],
+            [TensorSpec("score", "FP32", (-1,))],
+            "input 'item' has shape",
+        ),
+        (
+            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,))],
+            [TensorSpec("prob", "FP32", (-1,))],
+            "no output",
+        ),
+        (
+            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,))],
+            [TensorSpec("score", "FP32", (-1, 1))],
+            "output 'score' has shape",
+        ),
+    ],
+)
+def test_contract_violations(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], reason: str
+) -> None:
+    with pytest.raises(ModelLoadError, match=reason):
+        check_contract(inputs, outputs)
+
+
+def test_renamed_graph_input_fails_the_contract() -> None:
+    model = build_graph(random_params(4, 4), "mlp")
+    model.graph.input[1].name = "product"
+    for node in model.graph.node:
+        node.input[:] = ["product" if name == "item" else name for name in node.input]
+    session = Runtime(model.SerializeToString())
+    with pytest.raises(ModelLoadError, match="do not match the contract"):
+        check_contract(session.inputs, session.outputs)
+
+
+def test_unloadable_bytes() -> None:
+    data = model_bytes()[0]
+    for broken in (b"not a model", data[: len(data) // 2]):
+        with pytest.raises(ModelLoadError, match="onnxruntime cannot load"):
+            Runtime(broken)
+
+
+def test_warmup_checks_every_table_holds_the_rows_claimed() -> None:
+    session = Runtime(model_bytes(n_users=6, n_items=5)[0])
+    session.warmup([1, 64], {"user": 6, "item": 5})
+    with pytest.raises(ModelLoadError, match="tables do not hold the rows"):
+        session.warmup([1], {"user": 6, "item": 9})
+
+
+def test_failed_run_raises_without_logging(capfd: pytest.CaptureFixture[str]) -> None:
+    session = Runtime(model_bytes(n_items=5)[0])
+    with pytest.raises(Exception, match="out of data bounds"):
+        session.run({"user": np.array([0]), "item": np.array([7])})
+    assert "Gather" not in capfd.readouterr().err
