@@ -9,16 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cuda", "cpu"]
 
 
-class BatchingSettings(BaseSettings):
-    """Server-wide batching defaults; a model's ``config.json`` may override each one."""
+class BatchingSettings(BaseModel):
+    """Server-wide batching defaults; a model's ``config.json`` may override each one.
 
-    model_config = SettingsConfigDict(extra="forbid")
+    A plain model, not a settings source of its own: its environment variables are the nested
+    ``RECSERVE_BATCHING__<FIELD>`` ones of :class:`Settings`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     max_batch_rows: int = Field(8192, ge=1, description="A batch closes at this many rows.")
     max_queue_delay_us: int = Field(

@@ -1,0 +1,110 @@
+"""The ``recserve`` command: ``serve`` runs the server, ``train`` trains and publishes a model.
+
+``serve`` has one flag per setting; each defaults to its ``RECSERVE_*`` environment variable, then
+to the built-in default. ``train`` is defined by ``training.cli``, imported only when asked for,
+so serving never imports the training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from service.settings import BatchingSettings, Settings
+
+_SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
+_TRAIN_HELP = "Train a recommender, export it to ONNX and publish it as a new version."
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_setting(parser: argparse._ActionsContainer, name: str, field: FieldInfo, env: str) -> None:
+    """One flag for one settings field; its default is None so that unset flags change nothing."""
+    annotation = field.annotation
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in args if a is not type(None))
+    default = field.get_default(call_default_factory=True)
+    shown = "unset" if default is None else default
+    help_text = f"{field.description or name.replace('_', ' ')} (env {env}; default: {shown})"
+    kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+    if annotation is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(annotation) is typing.Literal:
+        kwargs["choices"] = typing.get_args(annotation)
+    elif annotation is SecretStr:
+        kwargs["metavar"] = "TOKEN"
+    elif annotation in (int, float, Path):
+        kwargs["type"] = annotation
+    parser.add_argument(_flag(name), **kwargs)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`Settings` (batching fields without a prefix)."""
+    for name, field in Settings.model_fields.items():
+        if name == "batching":
+            continue
+        _add_setting(parser, name, field, f"RECSERVE_{name.upper()}")
+    group = parser.add_argument_group("batching (server-wide; a model's config.json may override)")
+    for name, field in BatchingSettings.model_fields.items():
+        _add_setting(group, name, field, f"RECSERVE_BATCHING__{name.upper()}")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    top = {k: given[k] for k in Settings.model_fields if k in given and k != "batching"}
+    batching = {k: given[k] for k in BatchingSettings.model_fields if k in given}
+    if batching:
+        base = Settings().batching.model_dump()
+        top["batching"] = BatchingSettings(**{**base, **batching})
+    return Settings(**top)
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,train}")
+    serve = commands.add_parser("serve", help=_SERVE_HELP, description=_SERVE_HELP)
+    add_serve_arguments(serve)
+    if argv[:1] == ["train"]:
+        from training import cli as training_cli
+
+        train = commands.add_parser("train", help=_TRAIN_HELP, description=_TRAIN_HELP)
+        training_cli.add_arguments(train)
+    else:
+        commands.add_parser("train", help=_TRAIN_HELP, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        from training import cli as training_cli
+
+        return training_cli.run(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        parser.error(f"invalid settings: {problems}")
+    from service.server import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Reading a request body within the size limit, undoing ``Content-Encoding: gzip|deflate``.
+
+The limit holds three times: against ``Content-Length`` before anything is read, while the body
+streams in, and on the decompressed size, so neither a large upload nor a small gzip bomb is ever
+held whole in memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import Request
+
+from service.errors import InvalidInput, PayloadTooLarge
+
+# zlib window bits: 16 + MAX_WBITS reads a gzip wrapper, MAX_WBITS a zlib wrapper.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, decompressed, at most ``limit`` bytes; 413 beyond, 400 if corrupt."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise InvalidInput(
+            f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity"
+        )
+    return decompress(body, wbits, limit, encoding)
+
+
+def decompress(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
+    """Inflate ``data``, refusing output beyond ``limit`` bytes without producing more of it."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {encoding} data")
+    if inflater.unused_data:
+        raise InvalidInput(f"request body has trailing bytes after the {encoding} data")
+    return out

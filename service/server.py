@@ -1,0 +1,220 @@
+"""Running the app under uvicorn: event loop and parser choice, worker processes, graceful exit.
+
+On SIGTERM (or a first Ctrl-C) each worker turns readiness false at once and refuses new
+inference requests with 503, lets the requests it accepted finish within
+``settings.shutdown_grace_s``, then stops listening, shuts the model manager down and exits 0.
+With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
+own app from ``RECSERVE_*`` environment variables), forwards the signal and restarts a worker that
+dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from pydantic import BaseModel, SecretStr
+from uvicorn.config import LOGGING_CONFIG
+
+from service.lifecycle import Lifecycle
+from service.settings import Settings
+from service.state import STATE_KEY, AppState
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "RECSERVE_"
+STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that never started serving
+_SUPERVISOR_TICK_S = 0.5
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """``RECSERVE_*`` variables from which ``Settings()`` rebuilds exactly these settings."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, BaseModel):
+            text = value.model_dump_json()
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[ENV_PREFIX + name.upper()] = text
+    return env
+
+
+def log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging setup plus the server's own loggers; request lines are bare JSON."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    level = settings.log_level.upper()
+    config["formatters"]["plain"] = {"format": "%(message)s"}
+    config["handlers"]["request"] = {
+        "formatter": "plain",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+    }
+    config["loggers"]["service"] = {"handlers": ["default"], "level": level, "propagate": False}
+    config["loggers"]["recserve.request"] = {
+        "handlers": ["request"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
+
+
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn settings: uvloop and httptools when installed, no access log (see request_log)."""
+    have = importlib.util.find_spec
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if have("uvloop") else "asyncio",
+        http="httptools" if have("httptools") else "h11",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        log_config=log_config(settings),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+        proxy_headers=False,
+    )
+
+
+class GracefulServer(uvicorn.Server):
+    """A uvicorn server that drains before it stops listening, and exits 0 after a signal."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_s: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # The signal is not recorded for re-raising (uvicorn's default), so the exit status is 0.
+        if self._loop is None or not self.started or self.lifecycle.draining:
+            if self.lifecycle.draining and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+            return
+        logger.info(
+            "received %s: draining for up to %.1f s", signal.Signals(sig).name, self.grace_s
+        )
+        self.lifecycle.begin_drain()
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        if not await self.lifecycle.wait_idle(self.grace_s):
+            logger.warning(
+                "grace period over with %d request(s) in flight", self.lifecycle.inflight
+            )
+        self.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())  # type: ignore[assignment]
+        self.should_exit = True
+
+
+def _serve_app(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    from service.app import create_app
+
+    app = create_app(settings)
+    state: AppState = getattr(app.state, STATE_KEY)
+    server = GracefulServer(
+        uvicorn_config(settings, app), state.lifecycle, settings.shutdown_grace_s
+    )
+    server.run(sockets=sockets)
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _worker_main(sock: socket.socket) -> None:
+    """Entry point of a worker process: its own settings (from the environment) and app."""
+    raise SystemExit(_serve_app(Settings(), [sock]))
+
+
+class _Supervisor:
+    """Starts ``workers`` processes on one listening socket and stops them on a signal."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("spawn")
+        self.stop = threading.Event()
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def _start_worker(self, sock: socket.socket) -> multiprocessing.process.BaseProcess:
+        process = self.context.Process(target=_worker_main, args=(sock,), name="recserve-worker")
+        process.start()
+        return process
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping workers", signal.Signals(sig).name)
+        self.stop.set()
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        config = uvicorn_config(self.settings, "service.app:app_from_env")
+        sock = config.bind_socket()
+        multiprocessing.allow_connection_pickling()
+        os.environ.update(settings_to_env(self.settings))
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.processes = [self._start_worker(sock) for _ in range(self.settings.workers)]
+            while not self.stop.wait(_SUPERVISOR_TICK_S):
+                for index, process in enumerate(self.processes):
+                    if process.exitcode is None:
+                        continue
+                    if process.exitcode == STARTUP_FAILURE:
+                        logger.error("a worker failed to start; stopping")
+                        self._on_signal(signal.SIGTERM, None)
+                        break
+                    logger.warning(
+                        "worker %s exited (%s); restarting", process.pid, process.exitcode
+                    )
+                    self.processes[index] = self._start_worker(sock)
+            return self._join()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+
+    def _join(self) -> int:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + 10.0
+        status = 0
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                logger.error("worker %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+            if process.exitcode != 0:
+                status = process.exitcode if process.exitcode == STARTUP_FAILURE else 1
+        return status
+
+
+def serve(settings: Settings) -> int:
+    """Serve until a signal; the process exit status (0 after a graceful shutdown)."""
+    if settings.workers > 1:
+        return _Supervisor(settings).run()
+    return _serve_app(settings)

@@ -1,0 +1,239 @@
+"""Running under uvicorn: graceful SIGTERM under load, worker processes, settings handover."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from service.server import settings_to_env, uvicorn_config
+from service.settings import BatchingSettings, Settings
+from tests.factories import publish_random_version, reference_scores
+from tests.server_process import start_server
+
+N_USERS, N_ITEMS = 50, 40
+
+
+def _binary_request(users: np.ndarray, items: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    n = users.shape[0]
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [n],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": 8 * n},
+                }
+                for name in ("user", "item")
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    body = header + users.tobytes() + items.tobytes()
+    return body, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _scores(response: httpx.Response) -> np.ndarray:
+    length = int(response.headers["inference-header-content-length"])
+    return np.frombuffer(response.content[length:], dtype=np.float32)
+
+
+@dataclass
+class Outcome:
+    finished: float
+    status: int | None  # None: the request failed at the transport level
+    error: str = ""
+    correct: bool = False
+    retry_after: str | None = None
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
+    """Readiness turns false at once; requests already accepted complete; exit status 0."""
+    _, params = publish_random_version(tmp_path / "repo", "recs", n_users=N_USERS, n_items=N_ITEMS)
+    server = start_server(
+        tmp_path / "repo",
+        tmp_path / "server.log",
+        "--poll-interval-s",
+        "0",
+        "--max-request-bytes",
+        str(64 * 1024 * 1024),
+        "--shutdown-grace-s",
+        "60",
+        "--request-timeout-s",
+        "60",
+        "--max-batch-rows",
+        "65536",
+        "--queue-capacity-rows",
+        "100000000",
+    )
+    rows, n_clients = 400_000, 6  # enough queued work to outlast the signal by a good margin
+    rng = np.random.default_rng(0)
+    requests = []
+    for _ in range(n_clients):
+        users = rng.integers(0, N_USERS + 1, rows).astype(np.int64)
+        items = rng.integers(0, N_ITEMS + 1, rows).astype(np.int64)
+        requests.append((*_binary_request(users, items), reference_scores(params, users, items)))
+
+    stop = threading.Event()
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    url = f"{server.url}/v2/models/recs/infer"
+
+    def client(body: bytes, headers: dict[str, str], expected: np.ndarray) -> None:
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(url, content=body, headers=headers)
+                except httpx.ConnectError as exc:  # never accepted: the server stopped listening
+                    outcome = Outcome(time.monotonic(), None, f"connect: {exc}")
+                    stop_after = True
+                except httpx.TransportError as exc:  # accepted, then dropped: what must not happen
+                    outcome = Outcome(time.monotonic(), None, repr(exc))
+                    stop_after = True
+                else:
+                    correct = response.status_code == 200 and np.allclose(
+                        _scores(response), expected, rtol=1e-5, atol=1e-6
+                    )
+                    outcome = Outcome(
+                        time.monotonic(),
+                        response.status_code,
+                        "" if response.status_code == 200 else response.text,
+                        correct,
+                        response.headers.get("retry-after"),
+                    )
+                    stop_after = response.status_code != 200
+                with lock:
+                    outcomes.append(outcome)
+                if stop_after:
+                    return
+
+    threads = [threading.Thread(target=client, args=request) for request in requests]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # under load: every client has been served once
+            with lock:
+                if len(outcomes) >= n_clients:
+                    break
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        stop.set()  # clients finish the request they have in flight and send no more
+
+        not_ready_at = None
+        with httpx.Client(timeout=10) as probe:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if probe.get(f"{server.url}/v2/health/ready").status_code == 503:
+                    not_ready_at = time.monotonic()
+                    break
+            refused = probe.post(url, content=requests[0][0], headers=requests[0][1])
+        for thread in threads:
+            thread.join(120)
+        status = server.process.wait(120)
+    finally:
+        stop.set()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+    assert status == 0, server.log()
+    assert not_ready_at is not None, "readiness did not turn false after SIGTERM"
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    lost = [o for o in outcomes if o.status is None and not o.error.startswith("connect")]
+    assert lost == []
+    assert all(o.correct or (o.status == 503 and o.retry_after) for o in outcomes if o.status)
+    finished_while_draining = [o for o in outcomes if o.correct and o.finished > not_ready_at]
+    assert finished_while_draining, "no accepted request was still in flight at SIGTERM"
+    assert "Cancel" not in server.log()
+
+
+@pytest.mark.slow
+def test_workers_serve_and_stop_with_status_0(tmp_path: Path) -> None:
+    _, params = publish_random_version(tmp_path / "repo", "recs", n_users=N_USERS, n_items=N_ITEMS)
+    server = start_server(
+        tmp_path / "repo", tmp_path / "server.log", "--workers", "2", "--poll-interval-s", "0"
+    )
+    try:
+        users = np.arange(N_USERS + 1, dtype=np.int64)
+        items = (users * 7) % (N_ITEMS + 1)
+        body, headers = _binary_request(users, items)
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        for _ in range(6):  # fresh connections, spread over the workers by the kernel
+            response = httpx.post(
+                f"{server.url}/v2/models/recs/infer", content=body, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(
+                _scores(response), reference_scores(params, users, items), rtol=1e-5, atol=1e-6
+            )
+    finally:
+        status = server.stop(60)
+    assert status == 0, server.log()
+    assert server.log().count("Finished server process") == 2
+
+
+def test_idle_server_stops_with_status_0_and_frees_the_port(tmp_path: Path) -> None:
+    publish_random_version(tmp_path / "repo", "recs")
+    server = start_server(tmp_path / "repo", tmp_path / "server.log", "--poll-interval-s", "0")
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert server.stop() == 0, server.log()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/v2/health/live")
+
+
+def test_settings_survive_the_trip_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        host="0.0.0.0",
+        port=9001,
+        workers=3,
+        model_repository=Path("/srv/models"),
+        poll_interval_s=0.5,
+        batching=BatchingSettings(max_batch_rows=512, request_timeout_s=2.5),
+        provider="cpu",
+        admin_token=SecretStr("tok"),
+        max_request_bytes=2048,
+        shutdown_grace_s=7,
+        log_level="debug",
+        request_log=True,
+    )
+    env = settings_to_env(settings)
+    assert env["RECSERVE_ADMIN_TOKEN"] == "tok"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rebuilt = Settings()
+    assert rebuilt.model_dump() == settings.model_dump()
+    assert rebuilt.admin_token is not None
+    assert rebuilt.admin_token.get_secret_value() == "tok"
+
+
+def test_unset_token_is_not_written_to_the_environment() -> None:
+    assert "RECSERVE_ADMIN_TOKEN" not in settings_to_env(Settings())
+
+
+def test_uvicorn_uses_uvloop_and_httptools_when_installed() -> None:
+    pytest.importorskip("uvloop")
+    pytest.importorskip("httptools")
+    settings = Settings(port=1234, shutdown_grace_s=2.5)
+    config = uvicorn_config(settings, "service.app:app_from_env")
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+    assert config.port == 1234
+    assert config.timeout_graceful_shutdown == 3
+    assert not config.access_log
