@@ -1,0 +1,1 @@
+"""The recommendation API: top-k and scores for raw user and item ids."""

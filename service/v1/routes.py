@@ -1,0 +1,142 @@
+"""The recommendation API's endpoints: ``/v1/models/{m}[/versions/{v}]/recommend`` and ``/score``.
+
+Bodies are read raw and validated by pydantic from JSON bytes in one step (no intermediate dicts);
+the models are still declared in the OpenAPI schema, with examples, for ``/docs``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import InvalidInput, ShuttingDown
+from service.manager import LoadedVersion
+from service.request_body import read_body
+from service.state import app_state
+from service.v1.recommend import recommend, score
+from service.v1.schemas import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
+from service.v2.routes import resolve
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_ERROR_SCHEMA = {
+    "description": "Invalid request, unknown model, or the server is overloaded",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
+        }
+    },
+}
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming each offending field, e.g. ``k: Input should be less than ...``."""
+    problems = []
+    for error in exc.errors(include_url=False)[:10]:
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{field}: {error['msg']}")
+    return "invalid request: " + "; ".join(problems)
+
+
+def parse(model: type[_Model], body: bytes) -> _Model:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from None
+
+
+def _openapi(model: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": model.model_json_schema()}},
+            }
+        },
+        "responses": {
+            200: {"model": response, "description": "Success"},
+            400: _ERROR_SCHEMA,
+            404: _ERROR_SCHEMA,
+            503: _ERROR_SCHEMA,
+        },
+    }
+
+
+Handler = Callable[[LoadedVersion, bytes], Awaitable[dict[str, Any]]]
+
+
+def _endpoint(name: str, handle: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        if state.lifecycle.draining:
+            raise ShuttingDown("the server is shutting down; send the request elsewhere")
+        body = await read_body(request, state.settings.max_request_bytes)
+        loaded = resolve(request)
+        started = time.perf_counter()
+        inflight = state.metrics.inflight.labels(name)
+        inflight.inc()
+        try:
+            content = await handle(loaded, body)
+        finally:
+            inflight.dec()
+            state.metrics.request_duration.labels(loaded.name, str(loaded.version), name).observe(
+                time.perf_counter() - started
+            )
+        return Response(orjson.dumps(content), media_type="application/json")
+
+    return endpoint
+
+
+async def _recommend(loaded: LoadedVersion, body: bytes) -> dict[str, Any]:
+    request = parse(RecommendRequest, body)
+    result = await recommend(loaded, request)
+    return {
+        "model_name": loaded.name,
+        "model_version": str(loaded.version),
+        "user_id": request.user_id,
+        "items": [
+            {"item_id": item, "score": value}
+            for item, value in zip(result.item_ids, result.scores, strict=True)
+        ],
+        "unknown": {"user_id": result.unknown_user, "item_ids": result.unknown_items},
+    }
+
+
+async def _score(loaded: LoadedVersion, body: bytes) -> dict[str, Any]:
+    request = parse(ScoreRequest, body)
+    scores, unknown_user, unknown_items = await score(loaded, request)
+    return {
+        "model_name": loaded.name,
+        "model_version": str(loaded.version),
+        "user_id": request.user_id,
+        "scores": scores,
+        "unknown": {"user_id": unknown_user, "item_ids": unknown_items},
+    }
+
+
+def create_router() -> APIRouter:
+    router = APIRouter(tags=["recommendation"])
+    endpoints: list[tuple[str, Handler, type[BaseModel], type[BaseModel], str]] = [
+        ("recommend", _recommend, RecommendRequest, RecommendResponse,
+         "Top-k items for a user, best first (ties broken by item id)."),
+        ("score", _score, ScoreRequest, ScoreResponse,
+         "One score per item, in the order given."),
+    ]  # fmt: skip
+    for name, handle, request_model, response_model, summary in endpoints:
+        for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
+            router.add_api_route(
+                f"{prefix}/{name}",
+                _endpoint(name, handle),
+                methods=["POST"],
+                name=name,
+                summary=summary,
+                response_class=Response,
+                **_openapi(request_model, response_model),
+            )
+    return router
