@@ -1,0 +1,152 @@
+"""A whole run: data -> split -> train -> evaluate -> export -> parity -> publish."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import training.pipeline as pipeline_module
+import training.plot as plot_module
+from training.data import SyntheticSpec
+from training.models import ModelConfig
+from training.pipeline import ParityError, PipelineConfig, run_pipeline, summary
+from training.train import TrainConfig
+
+TINY = SyntheticSpec(users=120, items=200, interactions=4000, seed=1)
+TINY_MODEL = ModelConfig(kind="neumf", embedding_dim=8, tower=(16, 8), gmf_dim=8)
+TINY_TRAIN = TrainConfig(epochs=2, batch_size=512)
+
+
+def tiny_config(repository: Path, **changes: Any) -> PipelineConfig:
+    values: dict[str, Any] = {
+        "data": "synthetic",
+        "model_name": "demo",
+        "repository": repository,
+        "synthetic": TINY,
+        "model": TINY_MODEL,
+        "train": TINY_TRAIN,
+        "quiet": True,
+    }
+    values.update(changes)
+    return PipelineConfig(**values)
+
+
+def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    result = run_pipeline(tiny_config(tmp_path), log=io.StringIO())
+    version = tmp_path / "demo" / "1"
+    assert result.published.path == version
+    assert sorted(p.name for p in version.iterdir()) == [
+        "history.json",
+        "items.txt",
+        "metadata.json",
+        "model.onnx",
+        "training_curve.png",
+        "users.txt",
+    ]
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata == result.metadata
+    assert (
+        metadata["model_sha256"]
+        == hashlib.sha256((version / "model.onnx").read_bytes()).hexdigest()
+    )
+    assert metadata["kind"] == "neumf"
+    assert metadata["hyperparameters"]["tower"] == [16, 8]
+    assert metadata["unknown_row"] == 0
+    assert metadata["n_user_rows"] == 121
+    assert metadata["n_item_rows"] == 201
+    assert [i["name"] for i in metadata["inputs"]] == ["user", "item"]
+    assert metadata["outputs"][0] == {
+        "name": "score",
+        "datatype": "FP32",
+        "shape": [-1],
+        "description": "probability of an interaction",
+    }
+    assert metadata["dataset"]["size"] == 4000
+    assert len(metadata["dataset"]["content_hash"]) == 64
+    assert 0 <= metadata["parity_max_abs_error"] <= 1e-5
+    assert metadata["created_at"].endswith("Z")
+    test = metadata["metrics"]["test"]
+    assert set(test) == {"model", "popularity", "lift"}
+    assert test["lift"]["hr@10"] == pytest.approx(
+        test["model"]["hr@10"] - test["popularity"]["hr@10"]
+    )
+    assert "popularity" in metadata["metrics"]["validation"]
+    training = metadata["training"]
+    assert training["epochs_run"] == 2
+    assert {"seed", "optimizer", "lr", "batch_size", "negatives"} <= set(training)
+
+    users = (version / "users.txt").read_text().splitlines()
+    assert len(users) == 120
+    history = json.loads((version / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert (version / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The published model scores an id by its line in users.txt / items.txt (row = line + 1).
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = np.array([0, 1, 120], dtype=np.int64)
+    (scores,) = session.run(["score"], {"user": rows, "item": np.array([5, 0, 200], np.int64)})
+    assert scores.shape == (3,)
+    assert np.all((scores > 0) & (scores < 1))
+
+    second = run_pipeline(tiny_config(tmp_path), log=io.StringIO())
+    assert second.published.version == 2
+    # Same data and seed: the same weights, byte for byte.
+    assert second.metadata["model_sha256"] == metadata["model_sha256"]
+    assert "published demo version 1" in summary(result)
+
+
+def test_failed_parity_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "onnx_parity", lambda *args: 0.25)
+    with pytest.raises(ParityError, match=r"0\.25") as failure:
+        run_pipeline(tiny_config(tmp_path), log=io.StringIO())
+    assert failure.value.error == 0.25
+    assert not (tmp_path / "demo").exists()
+
+
+def test_missing_matplotlib_skips_the_plot_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(plot_module, "_warned", False)
+    log = io.StringIO()
+    first = run_pipeline(tiny_config(tmp_path), log=log)
+    run_pipeline(tiny_config(tmp_path), log=log)
+    assert log.getvalue().count("matplotlib is not installed") == 1
+    assert not (first.published.path / "training_curve.png").exists()
+    assert (first.published.path / "model.onnx").exists()
+
+
+def test_file_data_with_bad_rows_is_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,rating,timestamp"]
+    for n in range(3000):
+        lines.append(f"user{rng.integers(60)},item{rng.integers(300)},4,{n}")
+    lines.insert(5, "user1,,4,99")
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(lines) + "\n")
+    log = io.StringIO()
+    result = run_pipeline(
+        tiny_config(tmp_path / "repo", data=str(path), synthetic=None, quiet=False), log=log
+    )
+    assert "skipped 1 row(s) with missing or malformed fields (lines 6)" in log.getvalue()
+    assert "epoch 1/2" in log.getvalue()
+    assert result.metadata["dataset"]["name"] == "events.csv"
+    assert result.metadata["dataset"]["skipped_rows"] == 1
+    items = (result.published.path / "items.txt").read_text().splitlines()
+    assert items[:3] == ["item0", "item1", "item10"]

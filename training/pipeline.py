@@ -1,0 +1,289 @@
+"""One training run from data to a published version.
+
+load -> split -> train (early stopping on validation) -> evaluate on test against the popularity
+baseline -> export ONNX -> parity check with ONNX Runtime -> publish the next version.
+A parity error above the tolerance publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synthetic
+from training.evaluate import Metrics, Popularity, evaluate
+from training.export import INPUT_NAMES, OUTPUT_NAME, export_onnx, onnx_parity
+from training.models import ModelConfig
+from training.plot import plot_history
+from training.publish import PublishedVersion, publish_version
+from training.split import Split, leave_one_out
+from training.train import TrainConfig, TrainResult, scorer, train
+
+SYNTHETIC_PRESETS: Mapping[str, SyntheticSpec] = {
+    "synthetic": SyntheticSpec(),
+    "synthetic-ml1m": ML1M,
+}
+METADATA_FORMAT = 1
+UNKNOWN_ROW = 0
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and the NumPy model disagree by more than the tolerance."""
+
+    def __init__(self, error: float, tolerance: float) -> None:
+        super().__init__(
+            f"ONNX parity check failed: max |ONNX - NumPy| = {error:.3g} > {tolerance:g}; "
+            "nothing was published"
+        )
+        self.error = error
+        self.tolerance = tolerance
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``recserve train`` can be told."""
+
+    data: str
+    model_name: str
+    repository: Path = Path("model_repo")
+    data_format: Format | None = None
+    synthetic: SyntheticSpec | None = None  # overrides the preset named by ``data``
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parity_tolerance: float = 1e-5
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: Metrics
+    popularity: Metrics
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    published: PublishedVersion
+    metadata: dict[str, Any]
+    test: Evaluation
+    parity_error: float
+
+
+def load_data(config: PipelineConfig) -> Interactions:
+    """The configured data set: a synthetic preset (with overrides) or a file."""
+    if config.data in SYNTHETIC_PRESETS:
+        return synthetic(config.synthetic or SYNTHETIC_PRESETS[config.data])
+    return load(Path(config.data), config.data_format)
+
+
+def _say(stream: TextIO, quiet: bool, message: str) -> None:
+    if not quiet:
+        stream.write(message + "\n")
+        stream.flush()
+
+
+def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> PipelineResult:
+    """Train, evaluate, export, check and publish; raises ``ParityError`` before publishing."""
+    stream = log if log is not None else sys.stderr
+    started = time.perf_counter()
+    data = load_data(config)
+    skipped = data.skipped_report()
+    if skipped:
+        stream.write(f"warning: {data.name}: {skipped}\n")
+    _say(
+        stream,
+        config.quiet,
+        f"data {data.name}: {len(data):,} interactions, {data.n_users:,} users, "
+        f"{data.n_items:,} items",
+    )
+    split = leave_one_out(data, seed=config.train.seed)
+    _say(
+        stream, config.quiet, "split " + ", ".join(f"{k} {v:,}" for k, v in split.summary().items())
+    )
+
+    popularity = Popularity(split.item_counts(), split.n_users)
+    pop_validation = evaluate(popularity, split.validation) if len(split.validation) else None
+    if pop_validation is not None:
+        _say(
+            stream,
+            config.quiet,
+            f"popularity baseline: val HR@10 {pop_validation.hr:.4f} "
+            f"NDCG@10 {pop_validation.ndcg:.4f}",
+        )
+    result = train(split, config.model, config.train, quiet=config.quiet, log=stream)
+    test = Evaluation(
+        model=evaluate(scorer(result.model), split.test),
+        popularity=evaluate(popularity, split.test),
+    )
+
+    with tempfile.TemporaryDirectory(prefix="recserve-export-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(result.model.params, config.model.kind, onnx_path)
+        users, items = _parity_rows(split)
+        parity = onnx_parity(onnx_path, result.model.predict, users, items)
+        if not parity <= config.parity_tolerance:
+            raise ParityError(parity, config.parity_tolerance)
+        onnx_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        metadata = build_metadata(
+            config,
+            data,
+            split,
+            result,
+            test,
+            pop_validation,
+            parity=parity,
+            onnx_sha256=onnx_sha256,
+            seconds=time.perf_counter() - started,
+        )
+
+        def write(staging: Path) -> None:
+            shutil.copyfile(onnx_path, staging / "model.onnx")
+            (staging / "users.txt").write_text("".join(f"{u}\n" for u in data.user_ids))
+            (staging / "items.txt").write_text("".join(f"{i}\n" for i in data.item_ids))
+            history = _finite(result.history_json())
+            (staging / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+            baseline = (pop_validation.hr, pop_validation.ndcg) if pop_validation else None
+            plot_history(
+                result.history, staging / "training_curve.png", baseline=baseline, stream=stream
+            )
+            (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+        published = publish_version(config.repository, config.model_name, write)
+    return PipelineResult(published, metadata, test, parity)
+
+
+def _parity_rows(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding rows of every test candidate, plus the unknown-id row against some of each."""
+    users, items = split.test.pairs()
+    users, items = users + 1, items + 1
+    extra_items = np.arange(min(split.n_items + 1, 100), dtype=np.int64)
+    extra_users = np.arange(min(split.n_users + 1, 100), dtype=np.int64)
+    users = np.concatenate([users, np.zeros_like(extra_items), extra_users])
+    items = np.concatenate([items, extra_items, np.zeros_like(extra_users)])
+    return users, items
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _lift(model: Metrics, baseline: Metrics) -> dict[str, float]:
+    return {
+        f"hr@{model.k}": model.hr - baseline.hr,
+        f"ndcg@{model.k}": model.ndcg - baseline.ndcg,
+    }
+
+
+def build_metadata(
+    config: PipelineConfig,
+    data: Interactions,
+    split: Split,
+    result: TrainResult,
+    test: Evaluation,
+    pop_validation: Metrics | None,
+    *,
+    parity: float,
+    onnx_sha256: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The version's ``metadata.json``."""
+    model_config = dataclasses.asdict(config.model)
+    model_config["tower"] = list(config.model.tower)
+    validation: dict[str, Any] = {"best_epoch": result.best_epoch}
+    if result.best_validation is not None:
+        validation["model"] = result.best_validation.as_dict()
+    if pop_validation is not None:
+        validation["popularity"] = pop_validation.as_dict()
+    metadata = {
+        "format_version": METADATA_FORMAT,
+        "kind": config.model.kind,
+        "hyperparameters": model_config,
+        "inputs": [
+            {"name": name, "datatype": "INT64", "shape": [-1], "description": f"{name} row"}
+            for name in INPUT_NAMES
+        ],
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "datatype": "FP32",
+                "shape": [-1],
+                "description": "probability of an interaction",
+            }
+        ],
+        "n_user_rows": data.n_users + 1,
+        "n_item_rows": data.n_items + 1,
+        "unknown_row": UNKNOWN_ROW,
+        "vocabulary": {
+            "users": data.n_users,
+            "items": data.n_items,
+            "user_file": "users.txt",
+            "item_file": "items.txt",
+            "row_of_line": "line i (from 0) is embedding row i + 1",
+        },
+        "dataset": {**data.describe(), "size": len(data), "split": split.summary()},
+        "metrics": {
+            "protocol": (
+                "leave-one-out (He et al. 2017): the latest interaction per user ranked "
+                f"against {split.test.items.shape[1] - 1} sampled items the user never "
+                "interacted with"
+            ),
+            "test": {
+                "model": test.model.as_dict(),
+                "popularity": test.popularity.as_dict(),
+                "lift": _lift(test.model, test.popularity),
+            },
+            "validation": validation,
+        },
+        "parity_max_abs_error": parity,
+        "model_sha256": onnx_sha256,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "training": {
+            **dataclasses.asdict(config.train),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "train_seconds": round(result.seconds, 3),
+            "total_seconds": round(seconds, 3),
+        },
+    }
+    finite: dict[str, Any] = _finite(metadata)
+    return finite
+
+
+def summary(result: PipelineResult) -> str:
+    """A short human-readable report of a run."""
+    model, pop = result.test.model, result.test.popularity
+    k = model.k
+    row = "  {:<14}{:.4f}  {:.4f}   {:.4f}  {:.4f}"
+    training = result.metadata["training"]
+    lines = [
+        f"published {result.published.model_name} version {result.published.version} "
+        f"-> {result.published.path}",
+        f"trained {training['epochs_run']} epochs in {training['train_seconds']:.1f}s "
+        f"(best epoch {training['best_epoch']}); total {training['total_seconds']:.1f}s",
+        f"test ({model.users:,} users)   HR@{k}   NDCG@{k}  AUC     log loss",
+        row.format("model", model.hr, model.ndcg, model.auc, model.log_loss),
+        row.format("popularity", pop.hr, pop.ndcg, pop.auc, pop.log_loss),
+        f"  lift           {model.hr - pop.hr:+.4f} {model.ndcg - pop.ndcg:+.4f}",
+        f"parity max |ONNX - NumPy| = {result.parity_error:.2e}",
+    ]
+    return "\n".join(lines)

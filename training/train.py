@@ -1,0 +1,219 @@
+"""The training loop: fresh negatives each epoch, mini-batches, early stopping on validation.
+
+Models take embedding rows; the split holds dense indices, so rows are ``dense + 1`` and row 0,
+the unknown-id row, is trained by replacing a small fraction of the ids of each epoch with it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TextIO
+
+import numpy as np
+
+from training.evaluate import Metrics, evaluate
+from training.models import Model, ModelConfig, build_model
+from training.optim import SGD, Adam, train_step
+from training.progress import ProgressBar
+from training.split import Candidates, NegativeSampler, Split
+from training.threads import limit_blas_threads
+
+OptimizerName = Literal["adam", "sgd"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the loop (the model's own are in ``ModelConfig``)."""
+
+    optimizer: OptimizerName = "adam"
+    lr: float = 0.001
+    batch_size: int = 256
+    negatives: int = 4
+    epochs: int = 20
+    patience: int = 3
+    seed: int = 0
+    unknown_rate: float = 0.01
+    threads: int = 1  # BLAS threads while training; 0 leaves the library's default
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.negatives < 1 or self.epochs < 1:
+            raise ValueError(f"invalid training configuration: {self}")
+        if self.patience < 0 or self.threads < 0 or not 0.0 <= self.unknown_rate < 1.0:
+            raise ValueError(f"invalid training configuration: {self}")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    loss: float
+    val_hr: float
+    val_ndcg: float
+    samples: int
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation: Metrics | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    def history_json(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "epochs": [asdict(record) for record in self.history],
+        }
+
+
+def scorer(model: Model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Score dense (user, item) indices with ``model`` (rows are indices + 1)."""
+
+    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return model.predict(users + 1, items + 1)
+
+    return score
+
+
+def epoch_samples(
+    split: Split,
+    sampler: NegativeSampler,
+    rng: np.random.Generator,
+    negatives: int,
+    unknown_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffled (user rows, item rows, labels) for one epoch: positives plus fresh negatives."""
+    pos_users, pos_items = split.train_users, split.train_items
+    neg_items = sampler.sample(rng, pos_users, negatives).reshape(-1)
+    neg_users = np.repeat(pos_users, negatives)
+    valid = neg_items >= 0
+    users = np.concatenate([pos_users, neg_users[valid]]) + 1
+    items = np.concatenate([pos_items, neg_items[valid]]) + 1
+    labels = np.zeros(users.size, dtype=np.float32)
+    labels[: pos_users.size] = 1.0
+    order = rng.permutation(users.size)
+    users, items, labels = users[order], items[order], labels[order]
+    if unknown_rate > 0:
+        users[rng.random(users.size) < unknown_rate] = 0
+        items[rng.random(items.size) < unknown_rate] = 0
+    return users, items, labels
+
+
+def _optimizer(model: Model, config: TrainConfig) -> Adam | SGD:
+    if config.optimizer == "adam":
+        return Adam(model.params, lr=config.lr)
+    return SGD(model.params, lr=config.lr)
+
+
+def _monitor(metrics: Metrics | None, loss: float) -> float:
+    """Higher is better: validation NDCG@10, or minus the loss when there is no validation."""
+    return metrics.ndcg if metrics is not None else -loss
+
+
+def train(
+    split: Split,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    *,
+    quiet: bool = False,
+    log: TextIO | None = None,
+) -> TrainResult:
+    """Train a model on ``split``; keep the weights of the best validation epoch."""
+    with limit_blas_threads(config.threads or None):
+        return _train(split, model_config, config, quiet=quiet, log=log)
+
+
+def _train(
+    split: Split,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    *,
+    quiet: bool,
+    log: TextIO | None,
+) -> TrainResult:
+    stream = log if log is not None else sys.stderr
+    model = build_model(model_config, split.n_users + 1, split.n_items + 1, config.seed)
+    optimizer = _optimizer(model, config)
+    rng = np.random.default_rng([config.seed, 0x7A1])
+    sampler = NegativeSampler(split.train_users, split.train_items, split.n_users, split.n_items)
+    validation: Candidates | None = split.validation if len(split.validation) else None
+    result = TrainResult(model=model)
+    best_score = -math.inf
+    best_params = {name: value.copy() for name, value in model.params.items()}
+    waited = 0
+    started = time.perf_counter()
+
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        users, items, labels = epoch_samples(
+            split, sampler, rng, config.negatives, config.unknown_rate
+        )
+        bar = ProgressBar(
+            users.size, f"epoch {epoch}/{config.epochs}", stream=stream, enabled=not quiet
+        )
+        total_loss = 0.0
+        for start in range(0, users.size, config.batch_size):
+            stop = min(users.size, start + config.batch_size)
+            loss = train_step(
+                model, optimizer, users[start:stop], items[start:stop], labels[start:stop], rng
+            )
+            total_loss += loss * (stop - start)
+            bar.update(stop, total_loss / stop)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        mean_loss = total_loss / max(1, users.size)
+        metrics = evaluate(scorer(model), validation) if validation is not None else None
+        record = EpochRecord(
+            epoch=epoch,
+            loss=mean_loss,
+            val_hr=metrics.hr if metrics else math.nan,
+            val_ndcg=metrics.ndcg if metrics else math.nan,
+            samples=int(users.size),
+            seconds=time.perf_counter() - t0,
+            samples_per_s=users.size / train_seconds if train_seconds > 0 else 0.0,
+        )
+        result.history.append(record)
+        if not quiet:
+            stream.write(_epoch_line(record, config.epochs) + "\n")
+            stream.flush()
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {mean_loss})")
+        score = _monitor(metrics, mean_loss)
+        if score > best_score:
+            best_score, waited = score, 0
+            result.best_epoch, result.best_validation = epoch, metrics
+            best_params = {name: value.copy() for name, value in model.params.items()}
+        else:
+            waited += 1
+            if waited >= config.patience:
+                result.stopped_early = True
+                break
+
+    for name, value in best_params.items():
+        model.params[name][...] = value
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _epoch_line(record: EpochRecord, epochs: int) -> str:
+    validation = (
+        f" val HR@10 {record.val_hr:.4f} NDCG@10 {record.val_ndcg:.4f}"
+        if math.isfinite(record.val_hr)
+        else ""
+    )
+    return (
+        f"epoch {record.epoch}/{epochs}: loss {record.loss:.4f}{validation} "
+        f"({record.seconds:.1f}s, {record.samples_per_s:,.0f} samples/s)"
+    )
