@@ -39,6 +39,7 @@ class ScoreRequest(BaseModel):
 class RecommendRequest(BaseModel):
     user_id: str
     k: int = 10
+    candidates: list[str] | None = None
 
 
 def create_app() -> FastAPI:
@@ -77,9 +78,15 @@ def create_app() -> FastAPI:
 
     @app.post("/v1/models/{model}/recommend")
     def recommend(model: str, request: RecommendRequest) -> dict[str, Any]:
-        out = scores(user_rows.get(request.user_id, 0), catalog)
-        top = np.argpartition(out, -request.k)[-request.k :]
+        if request.candidates is None:
+            ids, rows = item_ids, catalog
+        else:
+            ids = request.candidates
+            rows = np.array([item_rows.get(i, 0) for i in ids], dtype=np.int64)
+        out = scores(user_rows.get(request.user_id, 0), rows)
+        k = min(request.k, len(ids))
+        top = np.argpartition(out, -k)[-k:]
         best = top[np.argsort(-out[top])]
-        return {"items": [{"item_id": item_ids[i], "score": float(out[i])} for i in best]}
+        return {"items": [{"item_id": ids[i], "score": float(out[i])} for i in best]}
 
     return app

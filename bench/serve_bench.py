@@ -168,6 +168,11 @@ def _recommend_body(model: Model, rng: np.random.Generator) -> dict[str, Any]:
     return {"user_id": model.user_ids[int(rng.integers(len(model.user_ids)))], "k": RECOMMEND_K}
 
 
+def _recommend_candidates_body(model: Model, rng: np.random.Generator) -> dict[str, Any]:
+    body = _score_body(model, rng)
+    return {"user_id": body["user_id"], "k": RECOMMEND_K, "candidates": body["item_ids"]}
+
+
 def scenarios(model: Model) -> list[Scenario]:
     infer = "/v2/models/{m}/infer"
     return [
@@ -175,6 +180,9 @@ def scenarios(model: Model) -> list[Scenario]:
         Scenario("infer-100", infer, RANKING_ROWS, lambda m, rng: _v2_rows(m, rng, RANKING_ROWS)),
         Scenario("score-100", "/v1/models/{m}/score", RANKING_ROWS, _score_body),
         Scenario("recommend", "/v1/models/{m}/recommend", len(model.item_ids), _recommend_body),
+        Scenario(
+            "recommend-100", "/v1/models/{m}/recommend", RANKING_ROWS, _recommend_candidates_body
+        ),
     ]
 
 
@@ -189,7 +197,7 @@ def write_bodies(scenario: Scenario, model: Model, n: int, seed: int, out: Path)
 
 def answer_of(scenario: Scenario, response: dict[str, Any]) -> list[Any]:
     """The part of a response two servers must agree on: scores, or the recommended ids."""
-    if scenario.name == "recommend":
+    if scenario.name.startswith("recommend"):
         return [item["item_id"] for item in response["items"]]
     if "scores" in response:
         return list(response["scores"])
@@ -516,7 +524,7 @@ def probe(
             answers[server.name] = answer_of(scenario, reply)
     if len(answers) == 2:
         ours, theirs = answers[RECSERVE], answers[BASELINE]
-        if scenario.name == "recommend":
+        if scenario.name.startswith("recommend"):
             agree = ours == theirs
         else:
             agree = len(ours) == len(theirs) and bool(np.allclose(ours, theirs, atol=1e-5))
@@ -709,8 +717,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         type=lambda text: text.split(","),
-        default=["single-row", "infer-100", "score-100", "recommend"],
-        help="comma-separated subset of single-row,infer-100,score-100,recommend",
+        default=["single-row", "infer-100", "score-100", "recommend", "recommend-100"],
+        help="comma-separated subset of single-row,infer-100,score-100,recommend,recommend-100",
     )
     parser.add_argument(
         "--repository", type=Path, help="serve this repository's model instead of publishing one"
