@@ -103,7 +103,9 @@ class Batcher:
         self._compute = m.compute_duration.labels(model, version)
         self._batch_rows = m.batch_rows.labels(model, version)
         self._batch_requests = m.batch_requests.labels(model, version)
-        m.queue_rows.labels(model, version).set_function(lambda: self._queued_rows)
+        # Changed by the rows this batcher adds and takes (inc/dec), so that a version reloaded in
+        # place, whose old and new batchers share the child, shows their sum.
+        self._queue_gauge = m.queue_rows.labels(model, version)
         m.queue_capacity_rows.labels(model, version).set(self._capacity)
 
         self._queue: deque[_Request] = deque()
@@ -144,6 +146,7 @@ class Batcher:
         request = _Request(inputs, n, loop.create_future(), now, now + self._timeout_s)
         self._queue.append(request)
         self._queued_rows = queued + n
+        self._queue_gauge.inc(n)
         if not queued or queued + n >= self._max_rows:
             self._wake()
         if self._timer is None:
@@ -242,6 +245,8 @@ class Batcher:
             room -= take
             if take == left:
                 queue.popleft()
+        if room < self._max_rows:
+            self._queue_gauge.dec(self._max_rows - room)
         return parts
 
     async def _execute(self, parts: list[_Part]) -> None:
@@ -352,6 +357,7 @@ class Batcher:
         left = request.n - request.taken
         if left:
             self._queued_rows -= left
+            self._queue_gauge.dec(left)
             request.taken = request.n
 
     def _fail(self, request: _Request, error: ServingError) -> None:
@@ -393,6 +399,15 @@ class Batcher:
             self._timer = self._loop.call_later(following.deadline - now, self._expire_overdue)
 
     # -- shutdown ----------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Refuse new requests and answer every queued or computing one 503 at once."""
+        self._closing = True
+        for request in list(self._queue):
+            self._fail(request, ShuttingDown("shut down before the request was computed"))
+        for task in self._workers:
+            task.cancel()  # a runner answers the requests of its batch (see _worker)
+        self._wake()
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new requests, finish queued ones within ``timeout_s``, fail what is left, stop."""

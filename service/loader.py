@@ -1,7 +1,8 @@
 """Loading one version directory: metadata, vocabularies, checksum, session, contract, warmup.
 
 Runs in a worker thread. Every way a version can be unfit to serve raises
-:class:`service.errors.ModelLoadError` with a reason meant for the repository index.
+:class:`service.errors.ModelLoadError` with a reason meant for the repository index. A load can be
+abandoned between its steps (the server is shutting down): it then raises :class:`LoadCancelled`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,10 @@ from service.runtime import (
 from service.vocab import UNKNOWN_ROW, Vocabulary
 
 log = logging.getLogger(__name__)
+
+
+class LoadCancelled(ModelLoadError):
+    """The load was abandoned because the server is stopping; not a fault of the version."""
 
 
 @dataclass(frozen=True)
@@ -102,15 +108,33 @@ def read_model(path: Path, expected_sha256: object) -> bytes:
     return data
 
 
-def prepare_version(path: Path, config: EffectiveConfig, *, device_id: int = 0) -> PreparedVersion:
-    """Read, check, load and warm up the version in ``path``."""
+def prepare_version(
+    path: Path,
+    config: EffectiveConfig,
+    *,
+    device_id: int = 0,
+    cancelled: Callable[[], bool] | None = None,
+) -> PreparedVersion:
+    """Read, check, load and warm up the version in ``path``.
+
+    ``cancelled`` is asked between steps (and between warmup runs); once it answers True the load
+    stops with :class:`LoadCancelled`.
+    """
+    stop = cancelled or _never
+
+    def checkpoint() -> None:
+        if stop():
+            raise LoadCancelled("load abandoned: the server is shutting down")
+
     started = time.monotonic()
+    checkpoint()
     metadata = read_metadata(path / METADATA_FILE)
     users = Vocabulary.from_file(path / USERS_FILE)
     items = Vocabulary.from_file(path / ITEMS_FILE)
     _check_vocabulary(users, metadata, "n_user_rows", USERS_FILE)
     _check_vocabulary(items, metadata, "n_item_rows", ITEMS_FILE)
     model = read_model(path / MODEL_FILE, metadata.get("model_sha256"))
+    checkpoint()
     provider = choose_provider(config.provider, device_id).provider
     runtime = Runtime(
         model, provider=provider, device_id=device_id, intra_op_threads=config.intra_op_threads
@@ -122,7 +146,12 @@ def prepare_version(path: Path, config: EffectiveConfig, *, device_id: int = 0) 
             )
         log.warning("session asked for %s but runs on %s", provider, runtime.provider)
     check_contract(runtime.inputs, runtime.outputs)
-    runtime.warmup(config.warmup_batch_sizes, {"user": users.n_rows, "item": items.n_rows})
+    runtime.warmup(
+        config.warmup_batch_sizes,
+        {"user": users.n_rows, "item": items.n_rows},
+        between=checkpoint,
+        largest=config.batching.max_batch_rows if config.warmup_batch_sizes else 0,
+    )
     outputs = tuple(spec for spec in runtime.outputs if spec.name in CONTRACT_OUTPUTS)
     return PreparedVersion(
         path=path,
@@ -134,3 +163,7 @@ def prepare_version(path: Path, config: EffectiveConfig, *, device_id: int = 0) 
         outputs=tuple(TensorSpec(s.name, s.datatype, (-1,)) for s in outputs),
         load_seconds=time.monotonic() - started,
     )
+
+
+def _never() -> bool:
+    return False

@@ -5,7 +5,7 @@ version policy. A new or changed version is loaded and warmed in a thread before
 anything; the version it replaces stops being handed out at once, finishes the requests already
 queued for it, then releases its session. A version that fails to load leaves what was serving
 untouched; its reason shows in :meth:`ModelManager.index` and it is retried only when its files
-change.
+change. On shutdown a load in progress is abandoned at its next step.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,12 +24,18 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from service.batcher import Batcher
-from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
-from service.loader import PreparedVersion, prepare_version
+from service.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ShuttingDown,
+)
+from service.loader import LoadCancelled, PreparedVersion, prepare_version
 from service.metrics import Metrics
 from service.model_config import CONFIG_FILE, EffectiveConfig, load_model_config, resolve
 from service.repository import FileStamp, ModelDir, scan, stamp_file, stamp_version
-from service.runtime import KSERVE_TO_NUMPY, TensorSpec, choose_provider
+from service.runtime import KSERVE_TO_NUMPY, TensorSpec, choose_provider, live_sessions
 from service.settings import Settings
 from service.stats import VersionStats
 from service.vocab import Vocabulary
@@ -178,6 +185,10 @@ class LoadedVersion:
         await self._batcher.drain(grace_s)
         self._runtime.close()
 
+    def abort(self) -> None:
+        """Refuse new requests and answer every queued or computing one 503 at once."""
+        self._batcher.abort()
+
 
 @dataclass
 class _Model:
@@ -211,7 +222,8 @@ class ModelManager:
         self._models: dict[str, _Model] = {}
         self._lock = asyncio.Lock()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._cancel_loads = threading.Event()
+        self._retiring: dict[asyncio.Task[None], LoadedVersion] = {}
         self._poll_task: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
@@ -234,9 +246,23 @@ class ModelManager:
         if self._settings.poll_interval_s > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="repository-poll")
 
+    def stop_loading(self) -> None:
+        """Abandon the load in progress and any later one (safe from any thread or a signal)."""
+        self._cancel_loads.set()
+
+    def abort(self) -> None:
+        """Answer 503 now to every request queued or computing, in every version (grace is over)."""
+        versions = [v for m in self._models.values() for v in m.served.values()]
+        for loaded in [*versions, *self._retiring.values()]:
+            loaded.abort()
+
     async def shutdown(self) -> None:
         """Stop polling, drain every version within ``shutdown_grace_s``, release sessions."""
         self._stopping = True
+        self._cancel_loads.set()
+        for model in self._models.values():
+            for version in sorted(model.loading):
+                log.info("abandoning the load of model '%s' version %d", model.name, version)
         if self._poll_task is not None:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,7 +279,7 @@ class ModelManager:
     async def wait_unloaded(self) -> None:
         """Wait until every version being unloaded has finished its requests and been released."""
         while self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
@@ -267,6 +293,8 @@ class ModelManager:
 
     def get(self, name: str, version: int | None = None) -> LoadedVersion:
         """The served version (None: the highest served one)."""
+        if self._stopping:
+            raise ShuttingDown("the server is shutting down; send the request elsewhere")
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"unknown model '{name}'")
@@ -369,8 +397,11 @@ class ModelManager:
         model = self._models.get(model_dir.name)
         if model is None:
             model = self._models[model_dir.name] = _Model(model_dir.name, model_dir.path)
+            self._metrics.model_discovered(model.name)
         model.path = model_dir.path
         model.present = model_dir.versions
+        for version in [v for v in model.failed if v not in model.present]:
+            del model.failed[version]  # gone from the repository: a new one is a new attempt
         if model.unloaded:
             return
         config = self._read_config(model)
@@ -430,8 +461,15 @@ class ModelManager:
         model.loading.add(version)
         try:
             prepared = await self._in_loader(
-                prepare_version, path, config, device_id=self._settings.cuda_device_id
+                prepare_version,
+                path,
+                config,
+                device_id=self._settings.cuda_device_id,
+                cancelled=self._cancel_loads.is_set,
             )
+        except LoadCancelled:
+            log.info("loading model '%s' version %d abandoned: shutting down", model.name, version)
+            return None
         except ModelLoadError as exc:
             reason = str(exc)
         except Exception as exc:
@@ -461,8 +499,8 @@ class ModelManager:
         """Unload in the background: finish its queued requests, then release it."""
         model.unloading.add(loaded.version)
         task = asyncio.create_task(self._finish_retire(model, loaded))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = loaded
+        task.add_done_callback(self._retiring.pop)
         return task
 
     async def _finish_retire(self, model: _Model, loaded: LoadedVersion) -> None:
@@ -472,12 +510,13 @@ class ModelManager:
             model.unloading.discard(loaded.version)
             current = self._models.get(model.name)
             if current is None or loaded.version not in current.served:
-                labels = (model.name, str(loaded.version))
-                self._metrics.model_loaded.labels(*labels).set(0)
-                for gauge in (self._metrics.queue_rows, self._metrics.queue_capacity_rows):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(*labels)
-            log.info("unloaded model '%s' version %d", model.name, loaded.version)
+                self._metrics.version_unloaded(model.name, str(loaded.version))
+            log.info(
+                "unloaded model '%s' version %d (%d ONNX Runtime session(s) open)",
+                model.name,
+                loaded.version,
+                live_sessions(),
+            )
 
     async def _in_loader(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run blocking repository work (scans, loads) in the loader thread."""
@@ -487,6 +526,9 @@ class ModelManager:
 
 def _state(model: _Model, version: int) -> tuple[str, str]:
     if version in model.served:
+        failed = model.failed.get(version)
+        if failed is not None:  # changed on disk, and the change does not load
+            return READY, f"serving the copy loaded before; reloading failed: {failed[1]}"
         return READY, ""
     if version in model.loading:
         return LOADING, ""

@@ -3,15 +3,24 @@
 The limit holds three times: against ``Content-Length`` before anything is read, while the body
 streams in, and on the decompressed size, so neither a large upload nor a small gzip bomb is ever
 held whole in memory.
+
+A client that disconnects after sending its body is noticed by :func:`while_connected` while its
+request waits for the batcher: its queued rows are then dropped, never computed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Awaitable
+from typing import TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import InvalidInput, PayloadTooLarge
+
+_T = TypeVar("_T")
+WATCH_AFTER_S = 0.05
 
 # zlib window bits: 16 + MAX_WBITS reads a gzip wrapper, MAX_WBITS a zlib wrapper.
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -59,3 +68,44 @@ def decompress(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
     if inflater.unused_data:
         raise InvalidInput(f"request body has trailing bytes after the {encoding} data")
     return out
+
+
+async def while_connected(request: Request, work: Awaitable[_T]) -> _T:
+    """Await ``work`` (after the body was read); cancel it if the client disconnects first.
+
+    Cancelling the wait drops the request's rows that are still queued, so a client that gave
+    up costs no computation; Starlette's ``ClientDisconnect`` is raised instead of a result. The
+    connection is watched only once ``work`` has taken ``WATCH_AFTER_S``: a quick answer costs no
+    watching, a request that waits for its batch is abandoned as soon as its client leaves.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    gone = False
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        nonlocal gone
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server cannot tell: keep computing
+            return
+        gone = True
+        task.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientDisconnect() from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,15 @@ KSERVE_TO_NUMPY: dict[str, type[np.generic]] = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+
+
+# Every ONNX Runtime session not yet garbage-collected, to prove that unloaded versions free theirs.
+_live_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def live_sessions() -> int:
+    """How many ONNX Runtime sessions this process still holds (closed ones drop out once freed)."""
+    return len(_live_sessions)
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,8 @@ class Runtime:
         provider: str = CPU,
         device_id: int = 0,
         intra_op_threads: int = 0,
+        bind_io: bool | None = None,
+        pad_rows: bool | None = None,
     ) -> None:
         providers: list[Any] = [CPU]
         if provider == CUDA:
@@ -190,21 +202,66 @@ class Runtime:
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
             raise ModelLoadError(f"onnxruntime cannot load model.onnx: {exc}") from None
+        _live_sessions.add(self._session)
         self.provider: str = self._session.get_providers()[0]
         self.inputs = tuple(_spec(node) for node in self._session.get_inputs())
         self.outputs = tuple(_spec(node) for node in self._session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4  # a failed run raises; do not also log it
+        on_gpu = self.provider == CUDA
+        # Both on by default on the GPU only; either can be switched on for the CPU (tests do).
+        self.bind_io = on_gpu if bind_io is None else bind_io
+        self.pad_rows = on_gpu if pad_rows is None else pad_rows
+        self._device = ("cuda", device_id) if on_gpu else ("cpu", 0)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, dict(feeds), self._run_options)
-        return dict(zip(self._output_names, results, strict=True))
+        """Outputs of one batch, one row per input row.
 
-    def warmup(self, batch_sizes: Iterable[int], n_rows: Mapping[str, int]) -> None:
+        With ``pad_rows`` the batch is padded with row 0 (the unknown-id row) up to
+        :func:`bucket_rows`, so that the session sees a few shapes again and again, and the
+        outputs are cut back to the batch's rows.
+        """
+        n = _rows(feeds)
+        padded = bucket_rows(n) if self.pad_rows and n else n
+        if padded != n:
+            feeds = {name: _pad(value, padded) for name, value in feeds.items()}
+        if self.bind_io:
+            outputs = self._run_bound(feeds)
+        else:
+            results = self._session.run(self._output_names, dict(feeds), self._run_options)
+            outputs = dict(zip(self._output_names, results, strict=True))
+        if padded != n:
+            outputs = {name: value[:n] for name, value in outputs.items()}
+        return outputs
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run through an IOBinding: inputs copied to the device once, outputs left there by
+        the run and copied back to host memory together afterwards."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        device, device_id = self._device
+        for name in self._output_names:
+            binding.bind_output(name, device, device_id)
+        self._session.run_with_iobinding(binding, self._run_options)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def warmup(
+        self,
+        batch_sizes: Iterable[int],
+        n_rows: Mapping[str, int],
+        *,
+        between: Callable[[], None] | None = None,
+        largest: int = 0,
+    ) -> None:
         """Run the first and last row of every table, then each batch size once.
 
         The last-row run proves each embedding table holds as many rows as the metadata claims.
+        A last run of ``largest`` rows (the largest batch the version will run) grows the
+        session's memory arena to its full size now, so that resident memory stays level under
+        load instead of stepping up with the first large batch. ``between`` is called before each
+        batch-size run (it may raise to stop the warmup).
         """
         edges = {name: np.array([0, rows - 1], dtype=np.int64) for name, rows in n_rows.items()}
         try:
@@ -215,7 +272,12 @@ class Runtime:
                 f"the model's tables do not hold the rows its metadata claims "
                 f"(last rows: {last}): {exc}"
             ) from None
-        for size in batch_sizes:
+        sizes = list(batch_sizes)
+        if self.pad_rows:  # every shape a batch can be padded to, so none is first seen under load
+            sizes += bucket_sizes(max([*sizes, largest, 1]))
+        for size in sizes:
+            if between is not None:
+                between()
             feeds = {name: np.arange(size, dtype=np.int64) % rows for name, rows in n_rows.items()}
             try:
                 results = self.run(feeds)
@@ -226,7 +288,48 @@ class Runtime:
                     raise ModelLoadError(
                         f"warmup: output '{name}' has shape {list(value.shape)} for {size} rows"
                     )
+        if largest > 0:
+            if between is not None:
+                between()
+            unknown = np.zeros(largest, dtype=np.int64)  # row 0 of every table
+            try:
+                self.run({name: unknown for name in n_rows})
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"a batch of {largest} rows (max_batch_rows) failed: {exc}"
+                ) from None
 
     def close(self) -> None:
         """Release the session (its memory goes once no run still holds it)."""
         self.__dict__.pop("_session", None)
+
+
+SMALLEST_BUCKET = 64
+
+
+def bucket_rows(n: int) -> int:
+    """The padded size of a batch of ``n`` rows: the next power of two, at least 64.
+
+    A GPU session pays a first-run cost for every new input shape; padding to powers of two
+    keeps the shapes to a handful (64 .. 8,192 for the default ``max_batch_rows``).
+    """
+    return max(SMALLEST_BUCKET, 1 << (n - 1).bit_length())
+
+
+def bucket_sizes(rows: int) -> list[int]:
+    """Every padded size up to that of a batch of ``rows`` rows."""
+    return [
+        1 << bits
+        for bits in range(SMALLEST_BUCKET.bit_length() - 1, bucket_rows(rows).bit_length())
+    ]
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    return next((value.shape[0] for value in feeds.values() if value.ndim), 0)
+
+
+def _pad(value: np.ndarray, rows: int) -> np.ndarray:
+    """``value`` followed by zero rows up to ``rows`` (row 0 of a table is the unknown-id row)."""
+    padded = np.zeros((rows, *value.shape[1:]), dtype=value.dtype)
+    padded[: value.shape[0]] = value
+    return padded

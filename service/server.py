@@ -3,9 +3,11 @@
 On SIGTERM (or a first Ctrl-C) each worker turns readiness false at once and refuses new
 inference requests with 503, lets the requests it accepted finish within
 ``settings.shutdown_grace_s``, then stops listening, shuts the model manager down and exits 0.
+Requests still queued as the grace period ends are answered 503 rather than dropped, and a model
+load in progress (also one at startup) is abandoned at its next step.
 With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
 own app from ``RECSERVE_*`` environment variables), forwards the signal and restarts a worker that
-dies.
+dies; the workers' metrics meet in a directory it creates (see service.multiprocess_metrics).
 """
 
 from __future__ import annotations
@@ -22,21 +24,28 @@ import socket
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from pydantic import BaseModel, SecretStr
 from uvicorn.config import LOGGING_CONFIG
 
+from service import multiprocess_metrics
 from service.lifecycle import Lifecycle
+from service.metrics import Metrics
 from service.settings import Settings
 from service.state import STATE_KEY, AppState
+
+if TYPE_CHECKING:
+    from service.manager import ModelManager
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "RECSERVE_"
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that never started serving
 _SUPERVISOR_TICK_S = 0.5
+# Part of the grace period kept for answering 503 to what is still queued when it ends.
+_FINAL_ANSWERS_S = 1.0
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
@@ -102,6 +111,7 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.grace_s = grace_s
+        self.manager: ModelManager | None = None  # set by the app's manager factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -111,6 +121,10 @@ class GracefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # The signal is not recorded for re-raising (uvicorn's default), so the exit status is 0.
+        if self.manager is not None:
+            self.manager.stop_loading()  # a load in progress (at startup too) is abandoned
+        if not self.started and not self.should_exit:
+            logger.info("received %s while starting: stopping", signal.Signals(sig).name)
         if self._loop is None or not self.started or self.lifecycle.draining:
             if self.lifecycle.draining and sig == signal.SIGINT:
                 self.force_exit = True
@@ -127,18 +141,36 @@ class GracefulServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_s
-        if not await self.lifecycle.wait_idle(self.grace_s):
+        final_s = min(_FINAL_ANSWERS_S, self.grace_s / 4)
+        if not await self.lifecycle.wait_idle(self.grace_s - final_s):
             logger.warning(
-                "grace period over with %d request(s) in flight", self.lifecycle.inflight
+                "grace period over with %d request(s) in flight; answering 503 to those queued",
+                self.lifecycle.inflight,
             )
+            if self.manager is not None:
+                self.manager.abort()
+            await self.lifecycle.wait_idle(max(0.0, deadline - time.monotonic()))
         self.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())  # type: ignore[assignment]
         self.should_exit = True
 
 
-def _serve_app(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+def _serve_app(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    supervisor_pid: int | None = None,
+) -> int:
     from service.app import create_app
+    from service.manager import ModelManager
 
-    app = create_app(settings)
+    server: GracefulServer | None = None
+
+    def build_manager(settings: Settings, metrics: Metrics) -> ModelManager:
+        manager = ModelManager(settings, metrics)
+        assert server is not None
+        server.manager = manager
+        return manager
+
+    app = create_app(settings, manager_factory=build_manager, supervisor_pid=supervisor_pid)
     state: AppState = getattr(app.state, STATE_KEY)
     server = GracefulServer(
         uvicorn_config(settings, app), state.lifecycle, settings.shutdown_grace_s
@@ -147,9 +179,9 @@ def _serve_app(settings: Settings, sockets: list[socket.socket] | None = None) -
     return 0 if server.started else STARTUP_FAILURE
 
 
-def _worker_main(sock: socket.socket) -> None:
+def _worker_main(sock: socket.socket, supervisor_pid: int) -> None:
     """Entry point of a worker process: its own settings (from the environment) and app."""
-    raise SystemExit(_serve_app(Settings(), [sock]))
+    raise SystemExit(_serve_app(Settings(), [sock], supervisor_pid))
 
 
 class _Supervisor:
@@ -162,7 +194,9 @@ class _Supervisor:
         self.processes: list[multiprocessing.process.BaseProcess] = []
 
     def _start_worker(self, sock: socket.socket) -> multiprocessing.process.BaseProcess:
-        process = self.context.Process(target=_worker_main, args=(sock,), name="recserve-worker")
+        process = self.context.Process(
+            target=_worker_main, args=(sock, os.getpid()), name="recserve-worker"
+        )
         process.start()
         return process
 
@@ -178,6 +212,7 @@ class _Supervisor:
         sock = config.bind_socket()
         multiprocessing.allow_connection_pickling()
         os.environ.update(settings_to_env(self.settings))
+        metrics_dir = multiprocess_metrics.create_shared_dir()  # before any worker starts
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.processes = [self._start_worker(sock) for _ in range(self.settings.workers)]
@@ -192,12 +227,15 @@ class _Supervisor:
                     logger.warning(
                         "worker %s exited (%s); restarting", process.pid, process.exitcode
                     )
+                    if process.pid is not None:
+                        multiprocess_metrics.worker_exited(metrics_dir, process.pid)
                     self.processes[index] = self._start_worker(sock)
             return self._join()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sock.close()
+            multiprocess_metrics.remove_shared_dir(metrics_dir)
 
     def _join(self) -> int:
         deadline = time.monotonic() + self.settings.shutdown_grace_s + 10.0

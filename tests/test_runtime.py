@@ -191,3 +191,65 @@ def test_failed_run_raises_without_logging(capfd: pytest.CaptureFixture[str]) ->
     with pytest.raises(Exception, match="out of data bounds"):
         session.run({"user": np.array([0]), "item": np.array([7])})
     assert "Gather" not in capfd.readouterr().err
+
+
+# -- IOBinding and padding (the GPU's defaults, switched on here on the CPU) ---------------------
+
+
+class ShapeRecorder:
+    """Stands in for the session: records the row count of every run, then runs it."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.rows: list[int] = []
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray], options: Any) -> Any:
+        self.rows.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds, options)
+
+
+def test_binding_and_padding_are_off_on_the_cpu_by_default() -> None:
+    session = Runtime(model_bytes()[0])
+    assert (session.bind_io, session.pad_rows) == (False, False)
+
+
+@pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 130])
+@pytest.mark.parametrize(("bind_io", "pad_rows"), [(True, False), (False, True), (True, True)])
+def test_bound_and_padded_runs_equal_plain_runs(n: int, bind_io: bool, pad_rows: bool) -> None:
+    data, params = model_bytes(n_users=40, n_items=30)
+    rng = np.random.default_rng(n)
+    feeds = {"user": rng.integers(0, 40, n), "item": rng.integers(0, 30, n)}
+    plain = Runtime(data).run(feeds)["score"]
+    other = Runtime(data, bind_io=bind_io, pad_rows=pad_rows).run(feeds)["score"]
+    assert other.shape == (n,) and other.dtype == np.float32
+    np.testing.assert_array_equal(other, plain)
+    np.testing.assert_allclose(
+        other, reference_scores(params, feeds["user"], feeds["item"]), atol=1e-6
+    )
+
+
+def test_padding_runs_powers_of_two_from_64() -> None:
+    session = Runtime(model_bytes()[0], pad_rows=True)
+    recorder = ShapeRecorder(session._session)
+    session._session = recorder
+    for n in (1, 64, 65, 200):
+        session.run({"user": np.zeros(n, dtype=np.int64), "item": np.ones(n, dtype=np.int64)})
+    assert recorder.rows == [64, 64, 128, 256]
+
+
+def test_bucket_rows_covers_each_size_with_less_than_twice_its_rows() -> None:
+    for n in range(1, 5000):
+        bucket = runtime.bucket_rows(n)
+        assert bucket >= max(n, 64) and bucket & (bucket - 1) == 0
+        assert bucket < 2 * max(n, 64)
+    assert runtime.bucket_sizes(8192) == [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    assert runtime.bucket_sizes(1) == [64]
+
+
+def test_padded_warmup_runs_every_bucket_up_to_the_largest_batch() -> None:
+    session = Runtime(model_bytes(n_users=6, n_items=5)[0], pad_rows=True)
+    recorder = ShapeRecorder(session._session)
+    session._session = recorder
+    session.warmup([1], {"user": 6, "item": 5}, largest=300)
+    assert {64, 128, 256, 512} <= set(recorder.rows)
+    assert all(rows & (rows - 1) == 0 and rows >= 64 for rows in recorder.rows)

@@ -6,7 +6,6 @@ the models are still declared in the OpenAPI schema, with examples, for ``/docs`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,10 +17,11 @@ from starlette.responses import Response
 
 from service.errors import InvalidInput, ShuttingDown
 from service.manager import LoadedVersion
-from service.request_body import read_body
+from service.request_body import read_body, while_connected
 from service.state import app_state
 from service.v1.recommend import recommend, score
 from service.v1.schemas import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
+from service.v2.openapi import path_parameters
 from service.v2.routes import resolve
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -51,18 +51,20 @@ def parse(model: type[_Model], body: bytes) -> _Model:
         raise InvalidInput(validation_message(exc)) from None
 
 
-def _openapi(model: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
+def _openapi(path: str, model: type[BaseModel], response: type[BaseModel]) -> dict[str, Any]:
     return {
         "openapi_extra": {
+            "parameters": path_parameters(path),
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": model.model_json_schema()}},
-            }
+            },
         },
         "responses": {
             200: {"model": response, "description": "Success"},
             400: _ERROR_SCHEMA,
             404: _ERROR_SCHEMA,
+            413: _ERROR_SCHEMA,
             503: _ERROR_SCHEMA,
         },
     }
@@ -78,16 +80,12 @@ def _endpoint(name: str, handle: Handler) -> Callable[[Request], Awaitable[Respo
             raise ShuttingDown("the server is shutting down; send the request elsewhere")
         body = await read_body(request, state.settings.max_request_bytes)
         loaded = resolve(request)
-        started = time.perf_counter()
-        inflight = state.metrics.inflight.labels(name)
+        inflight = state.metrics.inflight_by_endpoint[name]
         inflight.inc()
         try:
-            content = await handle(loaded, body)
+            content = await while_connected(request, handle(loaded, body))
         finally:
             inflight.dec()
-            state.metrics.request_duration.labels(loaded.name, str(loaded.version), name).observe(
-                time.perf_counter() - started
-            )
         return Response(orjson.dumps(content), media_type="application/json")
 
     return endpoint
@@ -130,13 +128,14 @@ def create_router() -> APIRouter:
     ]  # fmt: skip
     for name, handle, request_model, response_model, summary in endpoints:
         for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
+            path = f"{prefix}/{name}"
             router.add_api_route(
-                f"{prefix}/{name}",
+                path,
                 _endpoint(name, handle),
                 methods=["POST"],
                 name=name,
                 summary=summary,
                 response_class=Response,
-                **_openapi(request_model, response_model),
+                **_openapi(path, request_model, response_model),
             )
     return router

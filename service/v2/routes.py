@@ -9,7 +9,6 @@ Content-Type.
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from starlette.responses import Response
 
 from service.errors import InvalidInput, ServingError, ShuttingDown, Unauthorized
 from service.repository import is_model_name, parse_version
-from service.request_body import read_body
+from service.request_body import read_body, while_connected
 from service.state import app_state, get_manager, set_labels
 from service.v2.codec import (
     HEADER_LENGTH,
@@ -31,6 +30,7 @@ from service.v2.codec import (
     parse_header_length,
     select_outputs,
 )
+from service.v2.openapi import operation_extra
 
 if TYPE_CHECKING:
     from service.manager import LoadedVersion, TensorSpec
@@ -209,16 +209,15 @@ def create_router() -> APIRouter:
             raise ShuttingDown("the server is shutting down; send the request elsewhere")
         body = await read_body(request, state.settings.max_request_bytes)
         loaded = resolve(request)  # after the upload: a version retired meanwhile is not used
-        started = time.perf_counter()
-        labels = (loaded.name, str(loaded.version), "infer")
-        state.metrics.inflight.labels("infer").inc()
+        inflight = state.metrics.inflight_by_endpoint["infer"]
+        inflight.inc()
         try:
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             decoded = decode_infer_request(body, header_length)
             chosen = select_outputs(
                 decoded.outputs, [s.name for s in loaded.outputs], decoded.binary_data_output
             )
-            results = await loaded.infer(decoded.inputs)
+            results = await while_connected(request, loaded.infer(decoded.inputs))
             encoded = encode_infer_response(
                 model_name=loaded.name,
                 model_version=str(loaded.version),
@@ -226,8 +225,7 @@ def create_router() -> APIRouter:
                 outputs=[(name, results[name], binary) for name, binary in chosen],
             )
         finally:
-            state.metrics.inflight.labels("infer").dec()
-            state.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+            inflight.dec()
         headers = {}
         if encoded.header_length is not None:
             headers[HEADER_LENGTH] = str(encoded.header_length)
@@ -288,7 +286,14 @@ def create_router() -> APIRouter:
             (f"/v2/models/{{model}}/versions/{{version}}{suffix}", endpoint, methods, name)
         )
     for path, endpoint, methods, name in routes:
-        router.add_api_route(path, endpoint, methods=methods, name=name, response_class=Response)
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=methods,
+            name=name,
+            response_class=Response,
+            openapi_extra=operation_extra(path, name) or None,
+        )
     return router
 
 

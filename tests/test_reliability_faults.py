@@ -1,0 +1,308 @@
+"""Faults in the model repository, end to end: the server keeps serving what it had, says what is
+wrong (repository index, load-failure metric, log) and recovers once the repository is fixed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from tests.factories import random_params, reference_scores
+from tests.reliability_tools import (
+    binary_scores,
+    infer_body,
+    metric_value,
+    publish_model,
+    random_rows,
+    repository_index,
+    served_versions,
+    wait_until,
+    write_version,
+)
+from tests.server_process import ServerProcess, start_server
+from training.publish import publish_version
+
+TOKEN = "fault-token"
+N_USERS, N_ITEMS = 50, 40
+Params = dict[str, np.ndarray]
+
+
+def _sha256_of_model(version_dir: Path) -> None:
+    """Make metadata.json's checksum match model.onnx as it now is."""
+    path = version_dir / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["model_sha256"] = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
+    path.write_text(json.dumps(metadata))
+
+
+def _truncate(version_dir: Path) -> None:
+    data = (version_dir / "model.onnx").read_bytes()
+    (version_dir / "model.onnx").write_bytes(data[: len(data) // 2])
+
+
+def _corrupt(version_dir: Path) -> None:
+    """Garbage whose checksum matches: only ONNX Runtime can tell."""
+    (version_dir / "model.onnx").write_bytes(b"\x08\x0a garbage, not a protobuf" * 64)
+    _sha256_of_model(version_dir)
+
+
+def _drop_vocabulary(version_dir: Path) -> None:
+    (version_dir / "items.txt").unlink()
+
+
+def _break_contract(version_dir: Path) -> None:
+    model = onnx.load(str(version_dir / "model.onnx"))
+    model.graph.input[1].name = "product"
+    for node in model.graph.node:
+        node.input[:] = ["product" if name == "item" else name for name in node.input]
+    onnx.save_model(model, str(version_dir / "model.onnx"))
+    _sha256_of_model(version_dir)
+
+
+# kind -> (damage applied to a version directory, what the index says about it)
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated": (_truncate, "sha256"),
+    "corrupt": (_corrupt, "onnxruntime cannot load"),
+    "missing-vocabulary": (_drop_vocabulary, "items.txt is missing"),
+    "contract": (_break_contract, "do not match the contract"),
+}
+
+
+def _replace_files(version_dir: Path, params: Params) -> None:
+    """Rewrite a version's files in place, each by an atomic rename (how an operator fixes it)."""
+    staging = version_dir.parent / f".fix-{version_dir.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    write_version(staging, params, N_USERS, N_ITEMS)
+    for path in staging.iterdir():
+        os.replace(path, version_dir / path.name)
+    staging.rmdir()
+
+
+class Traffic:
+    """Requests sent without pause from a thread; each reply must score like a known version."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.replies: list[tuple[int, np.ndarray, np.ndarray, np.ndarray] | str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                users, items = random_rows(32, N_USERS, N_ITEMS, seed=i)
+                body, headers = infer_body(users, items)
+                try:
+                    response = client.post(
+                        f"{self.url}/v2/models/{self.model}/infer", content=body, headers=headers
+                    )
+                except httpx.HTTPError as exc:
+                    self.replies.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    self.replies.append(f"{response.status_code} {response.text}")
+                    continue
+                scores = binary_scores(response.content, response.headers)
+                self.replies.append((response.status_code, users, items, scores))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def check(self, *allowed: Params) -> None:
+        """Every reply was a 200 whose scores are those of one of the ``allowed`` versions."""
+        failed = [r for r in self.replies if isinstance(r, str)]
+        assert failed == [], failed[:3]
+        assert self.replies, "no traffic"
+        for reply in self.replies:
+            assert not isinstance(reply, str)
+            _, users, items, scores = reply
+            assert any(
+                np.allclose(scores, reference_scores(p, users, items), rtol=1e-4, atol=1e-5)
+                for p in allowed
+            )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    """One server for the faults that concern one model each; every test has its own model."""
+    root = tmp_path_factory.mktemp("faults")
+    (root / "repo").mkdir()
+    running = start_server(
+        root / "repo",
+        root / "server.log",
+        "--poll-interval-s",
+        "0.1",
+        env={"RECSERVE_ADMIN_TOKEN": TOKEN},
+    )
+    try:
+        yield running, root / "repo"
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+def _entry(server: ServerProcess, model: str, version: int) -> dict[str, str]:
+    entries = repository_index(server.url, TOKEN)
+    found = [e for e in entries if e["name"] == model and e["version"] == str(version)]
+    assert len(found) == 1, entries
+    return found[0]
+
+
+def _state(server: ServerProcess, model: str, version: int) -> str:
+    """The version's state in the index ("" while the server has not seen it)."""
+    entries = repository_index(server.url, TOKEN)
+    found = [e["state"] for e in entries if e["name"] == model and e["version"] == str(version)]
+    return found[0] if found else ""
+
+
+def _failures(server: ServerProcess, model: str) -> float:
+    return metric_value(server.url, "recserve_model_load_failures_total", {"model": model})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_broken_new_version_leaves_the_old_serving_until_fixed(
+    served: tuple[ServerProcess, Path], kind: str
+) -> None:
+    (server, repo), model = served, f"broken-{kind}"
+    damage, reason = DAMAGE[kind]
+    _, params1 = publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=1)
+    wait_until(lambda: served_versions(server.url, model) == [1], 30, "version 1 served")
+    params2 = random_params(N_USERS + 1, N_ITEMS + 1, seed=2)
+
+    def write_broken(staging: Path) -> None:
+        write_version(staging, params2, N_USERS, N_ITEMS)
+        damage(staging)
+
+    with Traffic(server.url, model) as traffic:
+        broken = publish_version(repo, model, write_broken)
+        wait_until(lambda: _state(server, model, 2) == "UNAVAILABLE", 30, "the failure reported")
+        assert reason in _entry(server, model, 2)["reason"]
+        assert _entry(server, model, 1)["state"] == "READY"
+        assert served_versions(server.url, model) == [1]
+        assert f"cannot load model '{model}' version 2: " in server.log()
+        time.sleep(0.5)  # five polls: an unchanged failure is not retried, nor counted again
+        assert _failures(server, model) == 1
+        response = httpx.get(f"{server.url}/v2/models/{model}/versions/2/ready")
+        assert response.status_code == 503 and reason in response.json()["error"]
+
+        _replace_files(broken.path, params2)
+        wait_until(lambda: served_versions(server.url, model) == [2], 30, "version 2 served")
+    traffic.check(params1, params2)
+    assert _entry(server, model, 2) == {
+        "name": model,
+        "version": "2",
+        "state": "READY",
+        "reason": "",
+    }
+
+
+@pytest.mark.slow
+def test_model_file_replaced_in_place(served: tuple[ServerProcess, Path]) -> None:
+    """Garbage written over a served model.onnx: the loaded copy serves on, the failure shows,
+    and a valid replacement is loaded."""
+    (server, repo), model = served, "in-place"
+    published, params1 = publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=1)
+    wait_until(lambda: served_versions(server.url, model) == [1], 30, "version 1 served")
+    params2 = random_params(N_USERS + 1, N_ITEMS + 1, seed=2)
+
+    with Traffic(server.url, model) as traffic:
+        with open(published.path / "model.onnx", "r+b") as handle:  # not atomic: in place
+            handle.write(b"garbage" * 100)
+        wait_until(lambda: _failures(server, model) == 1, 30, "the failure counted")
+        entry = _entry(server, model, 1)
+        assert entry["state"] == "READY"  # the copy in memory serves on
+        assert "reloading failed" in entry["reason"] and "sha256" in entry["reason"]
+        assert f"cannot load model '{model}' version 1: " in server.log()
+
+        _replace_files(published.path, params2)
+        wait_until(lambda: _entry(server, model, 1)["reason"] == "", 30, "the fix loaded")
+        users, items = random_rows(16, N_USERS, N_ITEMS, seed=99)
+        body, headers = infer_body(users, items)
+        response = httpx.post(
+            f"{server.url}/v2/models/{model}/infer", content=body, headers=headers
+        )
+        np.testing.assert_allclose(
+            binary_scores(response.content, response.headers),
+            reference_scores(params2, users, items),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    traffic.check(params1, params2)
+
+
+@pytest.mark.slow
+def test_repository_directory_disappears_and_comes_back(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _, params1 = publish_model(repo, "m", n_users=N_USERS, n_items=N_ITEMS, seed=1)
+    server = start_server(
+        repo,
+        tmp_path / "server.log",
+        "--poll-interval-s",
+        "0.1",
+        env={"RECSERVE_ADMIN_TOKEN": TOKEN},
+    )
+    try:
+        with Traffic(server.url, "m") as traffic:
+            repo.rename(tmp_path / "elsewhere")
+            wait_until(lambda: "cannot be read" in server.log(), 30, "the failure logged")
+            assert _entry(server, "m", 1)["state"] == "READY"
+            n = len(traffic.replies)
+            wait_until(lambda: len(traffic.replies) > n + 10, 30, "more requests served")
+
+            (tmp_path / "elsewhere").rename(repo)
+            _, params2 = publish_model(repo, "m", n_users=N_USERS, n_items=N_ITEMS, seed=2)
+            wait_until(lambda: served_versions(server.url, "m") == [2], 30, "version 2 served")
+        traffic.check(params1, params2)
+        log = server.log()
+        assert log.count("cannot be read") == 1  # said once, not once per poll
+        assert "is readable again" in log
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+@pytest.mark.slow
+def test_a_removed_broken_version_is_forgotten(served: tuple[ServerProcess, Path]) -> None:
+    (server, repo), model = served, "removed-broken"
+
+    def write_broken(staging: Path) -> None:
+        write_version(staging, random_params(N_USERS + 1, N_ITEMS + 1, seed=1), N_USERS, N_ITEMS)
+        _truncate(staging)
+
+    broken = publish_version(repo, model, write_broken)
+    wait_until(lambda: _failures(server, model) == 1, 30, "the failure counted")
+    response = httpx.get(f"{server.url}/v2/models/{model}/ready")
+    assert response.status_code == 503 and "sha256" in response.json()["error"]
+
+    shutil.rmtree(broken.path)
+    wait_until(
+        lambda: (
+            repository_index(server.url, TOKEN).count(
+                {"name": model, "version": "", "state": "UNAVAILABLE", "reason": "no versions"}
+            )
+            == 1
+        ),
+        30,
+        "the version gone from the index",
+    )
+    response = httpx.get(f"{server.url}/v2/models/{model}/ready")
+    assert response.status_code == 503 and "sha256" not in response.json()["error"]
+    publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=2)
+    wait_until(lambda: served_versions(server.url, model) == [1], 30, "the new version 1 served")
