@@ -6,10 +6,12 @@ handed to ``create_app``.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cuda", "cpu"]
@@ -29,7 +31,10 @@ class BatchingSettings(BaseModel):
         1000, ge=0, description="Longest the oldest queued request waits for a batch to fill."
     )
     queue_capacity_rows: int = Field(
-        131072, ge=1, description="Rows a version may hold queued; beyond it requests get 503."
+        1_048_576,
+        ge=1,
+        description="Rows a version may hold queued (about a second of work on two CPU cores); "
+        "beyond it requests get 503.",
     )
     request_timeout_s: float = Field(
         10.0, gt=0, description="A request still queued after this long is answered 503."
@@ -57,7 +62,10 @@ class Settings(BaseSettings):
     provider: Provider = Field("auto", description="Execution provider: auto, cuda or cpu.")
     cuda_device_id: int = Field(0, ge=0, description="GPU used by the CUDA provider.")
     ort_intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 lets it choose."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per session; 0: one less than the cores each "
+        "worker process gets (its event loop keeps one), at least 1.",
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the repository API; unset -> that API answers 403."
@@ -70,3 +78,29 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     request_log: bool = Field(False, description="One JSON log line per request.")
+
+    @model_validator(mode="after")
+    def _choose_threads(self) -> Settings:
+        if self.ort_intra_op_threads == 0:
+            self.ort_intra_op_threads = auto_intra_op_threads(self.workers)
+        return self
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def auto_intra_op_threads(workers: int, cores: int | None = None) -> int:
+    """ONNX Runtime threads per session when not configured: the cores each worker process gets,
+    less one for its event loop (which decodes, batches and encodes meanwhile), at least 1."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // workers - 1)

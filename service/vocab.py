@@ -72,6 +72,8 @@ class Vocabulary:
         rows = np.fromiter(
             map(self._index.get, ids, repeat(UNKNOWN_ROW, len(ids))), dtype=np.int64, count=len(ids)
         )
+        if rows.all():  # no unknown row (row 0): the common case, without a search
+            return rows, []
         unknown_at = np.flatnonzero(rows == UNKNOWN_ROW)
         return rows, [ids[i] for i in unknown_at.tolist()]
 

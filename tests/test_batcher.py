@@ -332,7 +332,8 @@ def test_stats_and_metrics_count_runs_rows_and_requests() -> None:
         value = metrics.registry.get_sample_value
         labels = {"model": "m", "version": "1"}
         assert value("recserve_queue_rows", labels) == 3
-        assert value("recserve_queue_capacity_rows", labels) == 131072
+        capacity = BatchingSettings().queue_capacity_rows
+        assert value("recserve_queue_capacity_rows", labels) == capacity
         runner.released.set()
         await asyncio.gather(first, *rest)
         assert value("recserve_queue_rows", labels) == 0

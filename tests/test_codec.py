@@ -14,6 +14,7 @@ from service.errors import InvalidInput, PayloadTooLarge
 from service.request_body import decompress
 from service.v2.codec import (
     BINARY_TYPE,
+    DATATYPES,
     JSON_TYPE,
     RequestedOutput,
     decode_infer_request,
@@ -362,3 +363,28 @@ def test_inflating_stops_at_the_limit() -> None:
 def test_corrupt_gzip_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         decompress(data, GZIP_WBITS, 10_000, "gzip")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [("UINT64", -1), ("UINT8", 256), ("INT32", -(2**31) - 1), ("UINT16", -1), ("INT8", 128)],
+)
+def test_json_integers_outside_the_datatype_are_refused(datatype: str, value: int) -> None:
+    body = _json({"inputs": [_tensor("user", [1, value], [2], datatype)]})
+    with pytest.raises(InvalidInput, match=f"out of range for datatype {datatype}"):
+        decode_infer_request(body)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values"),
+    [
+        ("INT64", [-(2**63), 2**63 - 1]),
+        ("UINT64", [0, 2**63 - 1]),
+        ("INT32", [-(2**31), 2**31 - 1]),
+        ("UINT8", [0, 255]),
+    ],
+)
+def test_json_integers_at_the_datatype_limits_are_exact(datatype: str, values: list[int]) -> None:
+    decoded = decode_infer_request(_json({"inputs": [_tensor("user", values, [2], datatype)]}))
+    array = decoded.inputs["user"]
+    assert array.dtype == DATATYPES[datatype] and array.tolist() == values

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.manager import LoadedVersion
-from service.v1.ranking import top_k
+from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
 
 
@@ -52,6 +52,7 @@ async def recommend(version: LoadedVersion, request: RecommendRequest) -> Recomm
     """Top-k items for one user over the candidates (default: the whole catalog), best first."""
     user_rows, unknown_users = version.user_rows([request.user_id])
     unknown_items: list[str] = []
+    tie_rank: np.ndarray | None = None  # for the catalog, computed once; for candidates, no need
     if request.candidates is None:
         catalog = catalog_of(version)
         rows, ids, tie_rank = catalog.rows, catalog.ids, catalog.tie_rank
@@ -59,18 +60,21 @@ async def recommend(version: LoadedVersion, request: RecommendRequest) -> Recomm
         candidate_ids = list(dict.fromkeys(request.candidates))  # first occurrence wins
         rows, unknown_items = version.item_rows(candidate_ids)
         ids = np.array(candidate_ids, dtype=object)
-        tie_rank = _sort_rank(ids)
     if request.exclude:
         excluded_rows, _ = version.items.rows(request.exclude)
         excluded_rows = excluded_rows[excluded_rows != 0]  # unknown excluded ids are ignored
         if excluded_rows.size:
             keep = ~np.isin(rows, excluded_rows)
-            rows, ids, tie_rank = rows[keep], ids[keep], tie_rank[keep]
+            rows, ids = rows[keep], ids[keep]
+            tie_rank = None if tie_rank is None else tie_rank[keep]
     if rows.size == 0:
         return Recommendation([], [], bool(unknown_users), unknown_items)
     outputs = await version.infer({"user": np.full(rows.shape, user_rows[0]), "item": rows})
     scores = outputs["score"]
-    best = top_k(scores, tie_rank, request.k)
+    if tie_rank is None:
+        best = top_k_by_id(scores, ids, request.k)
+    else:
+        best = top_k(scores, tie_rank, request.k)
     return Recommendation(
         ids[best].tolist(), scores[best].tolist(), bool(unknown_users), unknown_items
     )

@@ -2,34 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 MAX_K = 1000
 MAX_ITEMS = 10_000
 MAX_ID_CHARS = 256
 
+RawId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+"""A raw user or item id; an integer is accepted too and read as its decimal string."""
+
 
 def _id_to_str(value: Any) -> Any:
-    """Integers are accepted as ids and read as their decimal strings; anything else is checked."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
+    return str(value) if type(value) is int else value  # not bool: true is no id
 
 
-RawId = Annotated[
-    str,
-    BeforeValidator(_id_to_str),
-    StringConstraints(min_length=1, max_length=MAX_ID_CHARS),
-]
+class _IdRequest(BaseModel):
+    """A request body whose id fields (``ID_FIELDS``) take integers too, read as decimal strings.
+
+    The integers are converted once per request, over the parsed body, before validation: the ids
+    themselves are then checked by pydantic's compiled validators, not by Python code per id.
+    """
+
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_ids(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        converted: dict[str, Any] = {}
+        for name in cls.ID_FIELDS:
+            value = data.get(name)
+            if type(value) is int:
+                converted[name] = str(value)
+            elif type(value) is list and len(value) <= MAX_ITEMS and int in map(type, value):
+                converted[name] = [_id_to_str(v) for v in value]  # longer lists are refused
+        return {**data, **converted} if converted else data
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+class RecommendRequest(_IdRequest):
+    ID_FIELDS = ("user_id", "candidates", "exclude")
 
-
-class RecommendRequest(_Strict):
     user_id: RawId = Field(description="Raw user id; unknown users get the unknown-id row.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     candidates: list[RawId] | None = Field(
@@ -49,7 +64,9 @@ class RecommendRequest(_Strict):
     )
 
 
-class ScoreRequest(_Strict):
+class ScoreRequest(_IdRequest):
+    ID_FIELDS = ("user_id", "item_ids")
+
     user_id: RawId = Field(description="Raw user id; unknown users get the unknown-id row.")
     item_ids: list[RawId] = Field(
         min_length=1, max_length=MAX_ITEMS, description="Items to score, in the order given."

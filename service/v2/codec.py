@@ -258,7 +258,7 @@ def _json_tensor(
             f"input '{name}': 'data' does not match datatype {datatype} "
             f"(found {_kind_name(array.dtype.kind)} values)"
         )
-    if dtype.kind in "iu":
+    if dtype.kind in "iu" and not np.can_cast(array.dtype, dtype):  # narrowing: check the range
         info = np.iinfo(dtype)
         low, high = int(array.min()), int(array.max())
         if low < info.min or high > info.max:
