@@ -15,14 +15,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import InvalidInput, ShuttingDown
+from service.errors import InvalidInput
 from service.manager import LoadedVersion
-from service.request_body import read_body, while_connected
-from service.state import app_state
+from service.request_body import while_connected
 from service.v1.recommend import recommend, score
 from service.v1.schemas import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 from service.v2.openapi import path_parameters
-from service.v2.routes import resolve
+from service.v2.routes import admit
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _ERROR_SCHEMA = {
@@ -75,13 +74,7 @@ Handler = Callable[[LoadedVersion, bytes], Awaitable[dict[str, Any]]]
 
 def _endpoint(name: str, handle: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        state = app_state(request)
-        if state.lifecycle.draining:
-            raise ShuttingDown("the server is shutting down; send the request elsewhere")
-        body = await read_body(request, state.settings.max_request_bytes)
-        loaded = resolve(request)
-        inflight = state.metrics.inflight_by_endpoint[name]
-        inflight.inc()
+        body, loaded, inflight = await admit(request, name)
         try:
             content = await while_connected(request, handle(loaded, body))
         finally:

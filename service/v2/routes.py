@@ -33,6 +33,8 @@ from service.v2.codec import (
 from service.v2.openapi import operation_extra
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from service.manager import LoadedVersion, TensorSpec
 
 SERVER_NAME = "recserve"
@@ -71,6 +73,23 @@ def resolve(request: Request) -> LoadedVersion:
     loaded = get_manager(request).get(name, version)
     set_labels(request, loaded.name, str(loaded.version))
     return loaded
+
+
+async def admit(request: Request, endpoint: str) -> tuple[bytes, LoadedVersion, Gauge]:
+    """The common start of every inference endpoint (V2 infer, /v1 score and recommend).
+
+    Refuses while draining, reads the body within the limit, then resolves the version (after the
+    upload, so a version retired meanwhile is not used); returns the endpoint's in-flight gauge,
+    already incremented: the caller decrements it when done.
+    """
+    state = app_state(request)
+    if state.lifecycle.draining:
+        raise ShuttingDown("the server is shutting down; send the request elsewhere")
+    body = await read_body(request, state.settings.max_request_bytes)
+    loaded = resolve(request)
+    inflight = state.metrics.inflight_by_endpoint[endpoint]
+    inflight.inc()
+    return body, loaded, inflight
 
 
 def check_admin(request: Request) -> None:
@@ -204,13 +223,7 @@ def create_router() -> APIRouter:
         return json_response({"model_stats": entries})
 
     async def infer(request: Request) -> Response:
-        state = app_state(request)
-        if state.lifecycle.draining:
-            raise ShuttingDown("the server is shutting down; send the request elsewhere")
-        body = await read_body(request, state.settings.max_request_bytes)
-        loaded = resolve(request)  # after the upload: a version retired meanwhile is not used
-        inflight = state.metrics.inflight_by_endpoint["infer"]
-        inflight.inc()
+        body, loaded, inflight = await admit(request, "infer")
         try:
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             decoded = decode_infer_request(body, header_length)
