@@ -1,6 +1,6 @@
-"""The FastAPI application: ``create_app(settings)`` wires routes, errors, metrics and the manager.
+"""The FastAPI application: ``create_app(settings)`` wires routes, errors, metrics and models.
 
-Nothing is built at import time. The lifespan starts the :class:`service.manager.ModelManager`
+Nothing is built at import time. The lifespan starts the model manager
 (and, on a GPU, the NVML metrics) and shuts it down. :func:`app_from_env` builds the app from
 ``RECSERVE_*`` variables (``uvicorn --factory service.app:app_from_env`` works too).
 
@@ -25,20 +25,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import ServingError
-from service.fastpath import FastPath, without_builtin_telemetry
-from service.gpu_metrics import open_gpu_collector
-from service.lifecycle import Lifecycle
-from service.metrics import Metrics
-from service.observer import RequestObserver, note_error, request_id_of
-from service.runtime import CUDA
+from service.http.fastpath import FastPath, without_builtin_telemetry
+from service.http.lifecycle import Lifecycle
+from service.http.observer import RequestObserver, note_error, request_id_of
+from service.http.state import STATE_KEY, AppState
+from service.metrics.families import Metrics
+from service.metrics.gpu import open_gpu_collector
+from service.runtime.session import CUDA
 from service.settings import Settings
-from service.state import STATE_KEY, AppState
 from service.v1.routes import create_router as create_v1_router
 from service.v2 import create_router
 from service.v2.routes import server_version
 
 if TYPE_CHECKING:
-    from service.manager import ModelManager
+    from service.models.manager import ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _default_manager(settings: Settings, metrics: Metrics) -> ModelManager:
-    from service.manager import ModelManager
+    from service.models.manager import ModelManager
 
     return ModelManager(settings, metrics)
 
@@ -121,7 +121,7 @@ def create_app(
     """A new app with its own metrics registry; the manager starts with the app's lifespan.
 
     ``supervisor_pid``: the process that started this worker, whose process tree the ``process_*``
-    metrics describe when workers share their metrics (see service.multiprocess_metrics).
+    metrics describe when workers share their metrics (see service.metrics.multiprocess).
     """
     metrics = metrics if metrics is not None else Metrics.for_process(supervisor_pid)
     state = AppState(settings=settings, metrics=metrics, lifecycle=Lifecycle())

@@ -7,7 +7,7 @@ Requests still queued as the grace period ends are answered 503 rather than drop
 load in progress (also one at startup) is abandoned at its next step.
 With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
 own app from ``RECSERVE_*`` environment variables), forwards the signal and restarts a worker that
-dies; the workers' metrics meet in a directory it creates (see service.multiprocess_metrics).
+dies; the workers' metrics meet in a directory it creates (see service.metrics.multiprocess).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import uvicorn
 from pydantic import BaseModel, SecretStr
 from uvicorn.config import LOGGING_CONFIG
 
-from service import multiprocess_metrics
-from service.lifecycle import Lifecycle
-from service.metrics import Metrics
+from service.http.lifecycle import Lifecycle
+from service.http.state import STATE_KEY, AppState
+from service.metrics import multiprocess as multiprocess_metrics
+from service.metrics.families import Metrics
 from service.settings import Settings
-from service.state import STATE_KEY, AppState
 
 if TYPE_CHECKING:
-    from service.manager import ModelManager
+    from service.models.manager import ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _serve_app(
     supervisor_pid: int | None = None,
 ) -> int:
     from service.app import create_app
-    from service.manager import ModelManager
+    from service.models.manager import ModelManager
 
     server: GracefulServer | None = None
 

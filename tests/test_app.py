@@ -25,12 +25,12 @@ from service.errors import (
     QueueTimeout,
     ServingError,
 )
-from service.manager import IndexEntry, TensorSpec
-from service.metrics import Metrics
-from service.model_config import ModelConfig, resolve
+from service.http.state import STATE_KEY, AppState
+from service.metrics.families import Metrics
+from service.metrics.stats import VersionStats
+from service.models.config import ModelConfig, resolve
+from service.models.manager import IndexEntry, TensorSpec
 from service.settings import Settings
-from service.state import STATE_KEY, AppState
-from service.stats import VersionStats
 
 TOKEN = "let-me-in"
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
+from service.batching.batcher import Batcher
 from service.errors import InferenceFailed, InvalidInput, Overloaded, QueueTimeout, ShuttingDown
-from service.metrics import Metrics
+from service.metrics.families import Metrics
 from service.settings import BatchingSettings
 
 

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 
 from service.errors import InvalidInput, PayloadTooLarge
-from service.request_body import decompress
+from service.http.request_body import decompress
 from service.v2.codec import (
     BINARY_TYPE,
     DATATYPES,

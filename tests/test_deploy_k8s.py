@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from service.metrics import Metrics
+from service.metrics.families import Metrics
 from tests.deploy_tools import ROOT, recserve_args, settings_env_names, settings_from_env, tool
 
 K8S = ROOT / "k8s"

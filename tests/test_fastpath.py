@@ -16,9 +16,9 @@ from starlette.types import Receive, Scope, Send
 
 from service.app import create_app
 from service.errors import Overloaded, QueueTimeout
-from service.fastpath import FastPath, fast_routes, without_builtin_telemetry
+from service.http.fastpath import FastPath, fast_routes, without_builtin_telemetry
+from service.http.state import STATE_KEY, AppState
 from service.settings import Settings
-from service.state import STATE_KEY, AppState
 from service.v1.routes import create_router as create_v1_router
 from service.v2 import create_router
 from tests.test_app import FakeManager

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.gpu_metrics import GpuCollector, nvml_device, open_gpu_collector
-from service.metrics import Metrics
-from service.runtime import CPU, CUDA
+from service.metrics.families import Metrics
+from service.metrics.gpu import GpuCollector, nvml_device, open_gpu_collector
+from service.runtime.session import CPU, CUDA
 from service.settings import Settings
 from tests.test_app import FakeManager
 
@@ -135,7 +135,7 @@ def test_nvml_device(device: int, visible: str | None, expected: int | str | Non
 def test_without_nvidia_ml_py_there_is_no_collector(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.gpu_metrics")
+    caplog.set_level(logging.INFO, logger="service.metrics.gpu")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
     assert open_gpu_collector(0) is None
     assert "gpu-metrics" in caplog.text

@@ -20,9 +20,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from service.errors import InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
-from service.manager import IndexEntry, LoadedVersion, ModelManager
-from service.metrics import Metrics
-from service.runtime import probe_gpu
+from service.metrics.families import Metrics
+from service.models.manager import IndexEntry, LoadedVersion, ModelManager
+from service.runtime.session import probe_gpu
 from service.settings import Settings
 from tests.factories import publish_random_version, reference_scores
 
@@ -395,7 +395,7 @@ def test_repository_disappearing_and_coming_back(
     async def main() -> None:
         async with serving(root) as (manager, _):
             root.rename(tmp_path / "moved")
-            with caplog.at_level(logging.WARNING, logger="service.manager"):
+            with caplog.at_level(logging.WARNING, logger="service.models.manager"):
                 await manager.rescan()
                 await manager.rescan()
             warnings = [r for r in caplog.records if "cannot be read" in r.getMessage()]
@@ -610,7 +610,7 @@ def test_provider_is_chosen_once_and_quietly(
             if not probe_gpu()[0]:
                 assert manager.provider == "CPUExecutionProvider"
 
-    with caplog.at_level(logging.INFO, logger="service.manager"):
+    with caplog.at_level(logging.INFO, logger="service.models.manager"):
         run(main())
     lines = [r.getMessage() for r in caplog.records if "execution provider" in r.getMessage()]
     assert len(lines) == 1

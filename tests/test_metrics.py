@@ -13,8 +13,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from service.metrics import INFERENCE_ENDPOINTS, LATENCY_BUCKETS, Metrics
-from service.multiprocess_metrics import ENV
+from service.metrics.families import INFERENCE_ENDPOINTS, LATENCY_BUCKETS, Metrics
+from service.metrics.multiprocess import ENV
 
 # The contract the dashboards, rules and autoscaler rely on: name -> (type, labels).
 FAMILIES = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import ModelLoadError
-from service.model_config import (
+from service.models.config import (
     DEFAULT_WARMUP_BATCH_SIZES,
     ModelConfig,
     load_model_config,

@@ -16,8 +16,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics
-from service.multiprocess_metrics import ENV, create_shared_dir, remove_shared_dir, worker_exited
+from service.metrics.families import Metrics
+from service.metrics.multiprocess import ENV, create_shared_dir, remove_shared_dir, worker_exited
 from service.settings import BatchingSettings
 from tests.factories import publish_random_version
 from tests.server_process import ServerProcess, start_server

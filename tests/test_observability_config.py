@@ -1,8 +1,8 @@
 """Prometheus rules and config and the Grafana dashboard, checked offline with promtool.
 
 The dashboard's and rules' queries are also run by promtool against series shaped exactly like the
-server's own exposition (``service.metrics.Metrics`` plus the process collector), so a renamed
-metric or label fails here rather than as an empty panel.
+server's own exposition (``service.metrics.families.Metrics`` plus the process collector), so a
+renamed metric or label fails here rather than as an empty panel.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.metrics import Metrics
+from service.metrics.families import Metrics
 from tests.deploy_tools import ROOT, load_yaml, tool
 
 PROMETHEUS = ROOT / "deploy/prometheus"

@@ -15,11 +15,11 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
-import service.observer
+import service.http.observer
 from service.app import create_app
 from service.errors import InferenceFailed, InvalidInput, Overloaded
+from service.http.state import STATE_KEY, AppState
 from service.settings import Settings
-from service.state import STATE_KEY, AppState
 from tests.test_app import FakeManager
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -281,6 +281,6 @@ async def test_request_log_off_costs_no_log_call(
     def fail(**fields: Any) -> None:
         raise AssertionError("request log written while off")
 
-    monkeypatch.setattr(service.observer, "log_request", fail)
+    monkeypatch.setattr(service.http.observer, "log_request", fail)
     response = await served.client.post("/v2/models/m/infer", json=infer_doc([1], [1]))
     assert response.status_code == 200

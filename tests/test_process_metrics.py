@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.process_metrics import ProcessTreeCollector, ProcStat
+from service.metrics.process import ProcessTreeCollector, ProcStat
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = resource.getpagesize()

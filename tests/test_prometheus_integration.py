@@ -32,7 +32,7 @@ import orjson
 import pytest
 import yaml
 
-from service.metrics import LATENCY_BUCKETS
+from service.metrics.families import LATENCY_BUCKETS
 from tests.factories import publish_random_version
 from tests.server_process import ServerProcess, start_server
 

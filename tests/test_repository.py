@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import parse_version, scan, stamp_version
+from service.models.repository import parse_version, scan, stamp_version
 
 
 def test_scan_keeps_valid_models_and_integer_versions(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.request_log import log_request, new_request_id, request_id
+from service.http.request_log import log_request, new_request_id, request_id
 
 
 def test_new_ids_are_32_hex_digits_and_distinct() -> None:
@@ -25,7 +25,7 @@ def test_a_forked_child_draws_a_new_prefix() -> None:
     # In a fresh interpreter: forking this multi-threaded test process would be unsafe.
     script = """
 import os
-from service.request_log import new_request_id
+from service.http.request_log import new_request_id
 parent = new_request_id()
 pid = os.fork()
 if pid == 0:

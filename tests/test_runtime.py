@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import runtime
 from service.errors import ModelLoadError
-from service.runtime import (
+from service.runtime import session as runtime
+from service.runtime.session import (
     CPU,
     CUDA,
     Runtime,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.errors import ModelLoadError
-from service.vocab import Vocabulary
+from service.models.vocab import Vocabulary
 
 
 def test_ids_map_to_rows_from_one_and_unknown_ids_to_row_zero() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.manager import LoadedVersion
+from service.models.manager import LoadedVersion
 from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
 

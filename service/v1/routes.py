@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput
-from service.manager import LoadedVersion
-from service.request_body import while_connected
+from service.http.request_body import while_connected
+from service.models.manager import LoadedVersion
 from service.v1.recommend import recommend, score
 from service.v1.schemas import RecommendRequest, RecommendResponse, ScoreRequest, ScoreResponse
 from service.v2.openapi import path_parameters

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput, ServingError, ShuttingDown, Unauthorized
-from service.repository import is_model_name, parse_version
-from service.request_body import read_body, while_connected
-from service.state import app_state, get_manager, set_labels
+from service.http.request_body import read_body, while_connected
+from service.http.state import app_state, get_manager, set_labels
+from service.models.repository import is_model_name, parse_version
 from service.v2.codec import (
     HEADER_LENGTH,
     JSON_TYPE,
@@ -35,7 +35,7 @@ from service.v2.openapi import operation_extra
 if TYPE_CHECKING:
     from prometheus_client import Gauge
 
-    from service.manager import LoadedVersion, TensorSpec
+    from service.models.manager import LoadedVersion, TensorSpec
 
 SERVER_NAME = "recserve"
 PLATFORM = "onnxruntime_onnx"

@@ -11,7 +11,7 @@ removes it when it stops. Each worker writes its values to files there; whicheve
   ``livemax``: loaded state): the supervisor calls :func:`worker_exited` for each worker that exits,
   which drops that worker's gauge files;
 - ``process_*`` describe the supervisor and its workers together
-  (:class:`service.process_metrics.ProcessTreeCollector`).
+  (:class:`service.metrics.process.ProcessTreeCollector`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, PlatformCollector
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from service.process_metrics import ProcessTreeCollector
+from service.metrics.process import ProcessTreeCollector
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from service.batcher import Batcher
+from service.batching.batcher import Batcher
 from service.errors import (
     InvalidInput,
     ModelLoadError,
@@ -31,14 +31,14 @@ from service.errors import (
     ModelNotReady,
     ShuttingDown,
 )
-from service.loader import LoadCancelled, PreparedVersion, prepare_version
-from service.metrics import Metrics
-from service.model_config import CONFIG_FILE, EffectiveConfig, load_model_config, resolve
-from service.repository import FileStamp, ModelDir, scan, stamp_file, stamp_version
-from service.runtime import KSERVE_TO_NUMPY, TensorSpec, choose_provider, live_sessions
+from service.metrics.families import Metrics
+from service.metrics.stats import VersionStats
+from service.models.config import CONFIG_FILE, EffectiveConfig, load_model_config, resolve
+from service.models.loader import LoadCancelled, PreparedVersion, prepare_version
+from service.models.repository import FileStamp, ModelDir, scan, stamp_file, stamp_version
+from service.models.vocab import Vocabulary
+from service.runtime.session import KSERVE_TO_NUMPY, TensorSpec, choose_provider, live_sessions
 from service.settings import Settings
-from service.stats import VersionStats
-from service.vocab import Vocabulary
 
 __all__ = [
     "IndexEntry",

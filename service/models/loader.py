@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ModelLoadError
-from service.model_config import EffectiveConfig
-from service.repository import ITEMS_FILE, METADATA_FILE, MODEL_FILE, USERS_FILE
-from service.runtime import (
+from service.models.config import EffectiveConfig
+from service.models.repository import ITEMS_FILE, METADATA_FILE, MODEL_FILE, USERS_FILE
+from service.models.vocab import UNKNOWN_ROW, Vocabulary
+from service.runtime.session import (
     CONTRACT_INPUTS,
     CONTRACT_OUTPUTS,
     Runtime,
@@ -27,7 +28,6 @@ from service.runtime import (
     check_contract,
     choose_provider,
 )
-from service.vocab import UNKNOWN_ROW, Vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 solver, which otherwise take about half of the event loop's time for a one-row request.
 
 :class:`FastPath` is the innermost of the app's own middlewares, inside
-:class:`service.observer.RequestObserver`. A ``POST`` to one of the inference routes (V2
+:class:`service.http.observer.RequestObserver`. A ``POST`` to one of the inference routes (V2
 ``infer``, ``/v1`` ``score`` and ``recommend``, with or without a version) is matched with that
 route's own path pattern and handed straight to the route's endpoint; every other request goes on
 to FastAPI. The scope is filled in as FastAPI's router fills it (``route``, ``endpoint``,
@@ -37,7 +37,8 @@ def without_builtin_telemetry() -> dict[str, Any]:
 
     FastAPI 0.16x looks the global OpenTelemetry providers up (environment included) on every
     request, about a tenth of the event loop's time per inference request; this server's metrics
-    are Prometheus (service.metrics). Older FastAPI has no such option and nothing to switch off.
+    are Prometheus (service.metrics.families). Older FastAPI has no such option and nothing to
+    switch off.
     """
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from service.errors import ModelNotReady
-from service.lifecycle import Lifecycle
-from service.metrics import Metrics
+from service.http.lifecycle import Lifecycle
+from service.metrics.families import Metrics
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.manager import ModelManager
+    from service.models.manager import ModelManager
 
 STATE_KEY = "recserve"
 

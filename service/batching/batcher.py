@@ -33,9 +33,9 @@ from service.errors import (
     ServingError,
     ShuttingDown,
 )
-from service.metrics import Metrics
+from service.metrics.families import Metrics
+from service.metrics.stats import VersionStats
 from service.settings import BatchingSettings
-from service.stats import VersionStats
 
 log = logging.getLogger(__name__)
 

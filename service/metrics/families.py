@@ -8,7 +8,7 @@ The request path reaches its children through caches (:meth:`Metrics.observe_req
 :attr:`Metrics.inflight_by_endpoint`), never through ``.labels()`` with strings per request.
 
 With several worker processes (``recserve serve --workers N``) values live in files shared through
-``PROMETHEUS_MULTIPROC_DIR`` and a scrape sums them; see :mod:`service.multiprocess_metrics`.
+``PROMETHEUS_MULTIPROC_DIR`` and a scrape sums them; see :mod:`service.metrics.multiprocess`.
 Gauges name how they combine across workers (``multiprocess_mode``); in a single process it is
 ignored.
 """
@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from service import multiprocess_metrics
+from service.metrics import multiprocess as multiprocess_metrics
 
 # 100 µs to 10 s, roughly x2.5 per step: fine enough for a p99 within one bucket's width.
 LATENCY_BUCKETS = (

@@ -21,8 +21,8 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.request_log import REQUEST_ID_HEADER, log_request, request_id
-from service.state import AppState
+from service.http.request_log import REQUEST_ID_HEADER, log_request, request_id
+from service.http.state import AppState
 
 logger = logging.getLogger(__name__)
 
