@@ -35,7 +35,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.test-installed
-	$(BIN)/mypy --strict service training
+	$(BIN)/mypy --strict modelrepo service training
 
 pytest: $(VENV)/.test-installed
 	$(BIN)/pytest

@@ -1,0 +1,60 @@
+"""The model repository contract, shared by training and serving and importing neither.
+
+Layout and name rules (:mod:`modelrepo.layout`), the signature (:mod:`modelrepo.signature`), the
+manifest (:mod:`modelrepo.manifest`), vocabularies (:mod:`modelrepo.vocabulary`) and the only
+code that reads or writes a version directory (:mod:`modelrepo.version`).
+"""
+
+from modelrepo.errors import VersionError
+from modelrepo.layout import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    UNKNOWN_ROW,
+    ModelDir,
+    is_model_name,
+    list_versions,
+    parse_version,
+    scan,
+    stamp_file,
+    stamp_version,
+)
+from modelrepo.manifest import FORMAT_VERSION, Manifest
+from modelrepo.signature import InputSpec, OutputSpec, Role, Signature, Source, two_id_signature
+from modelrepo.version import (
+    PublishedVersion,
+    StoredVersion,
+    read_manifest,
+    read_version,
+    write_version,
+)
+from modelrepo.vocabulary import Vocabulary
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "UNKNOWN_ROW",
+    "InputSpec",
+    "Manifest",
+    "ModelDir",
+    "OutputSpec",
+    "PublishedVersion",
+    "Role",
+    "Signature",
+    "Source",
+    "StoredVersion",
+    "VersionError",
+    "Vocabulary",
+    "is_model_name",
+    "list_versions",
+    "parse_version",
+    "read_manifest",
+    "read_version",
+    "scan",
+    "stamp_file",
+    "stamp_version",
+    "two_id_signature",
+    "write_version",
+]
