@@ -82,6 +82,11 @@ def export_onnx(params: Mapping[str, np.ndarray], kind: str, path: Path) -> None
     onnx.save_model(build_graph(params, kind), str(path))
 
 
+def model_bytes(params: Mapping[str, np.ndarray], kind: str) -> bytes:
+    """The serialised ONNX model for the given parameters (what ``model.onnx`` holds)."""
+    return build_graph(params, kind).SerializeToString()
+
+
 def onnx_parity(
     path: Path,
     predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
