@@ -27,12 +27,8 @@ from pathlib import Path
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20_000, help="timed steps per trainer")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="BLAS/OpenMP threads for both (1: on a busy 2-core machine more threads thrash)",
-    )
+    threads = "BLAS/OpenMP threads for both (1: on a busy 2-core machine more threads thrash)"
+    parser.add_argument("--threads", type=int, default=1, help=threads)
     parser.add_argument("--rounds", type=int, default=5, help="turns each trainer takes")
     parser.add_argument("--warmup", type=int, default=200, help="untimed steps per trainer")
     parser.add_argument("--batch", type=int, default=256, help="rows per batch")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import training.pipeline as pipeline_module
+from modelrepo import read_version
 from training.cli import (
     EXIT_OK,
     EXIT_PARITY,
@@ -20,6 +20,7 @@ from training.cli import (
     config_from_args,
     main,
 )
+from training.models import kind_names
 
 TINY = [
     "--data",
@@ -114,9 +115,21 @@ def test_train_publishes_and_prints_a_summary(
     assert "published demo version 1" in out.out
     assert "popularity" in out.out
     assert out.err == ""  # --quiet
-    metadata = json.loads((tmp_path / "demo" / "1" / "metadata.json").read_text())
-    assert metadata["kind"] == "mlp"
-    assert metadata["dataset"]["users"] == 100
+    manifest = read_version(tmp_path / "demo" / "1").manifest
+    assert manifest.kind == "mlp"
+    assert manifest.records()["dataset"]["users"] == 100
+
+
+def test_kind_choices_are_the_registered_kinds() -> None:
+    """The registry feeds the flag: every registered kind is a choice, and nothing else is."""
+    parser = build_parser()
+    assert kind_names() == ("mlp", "neumf")
+    assert "--kind {mlp,neumf}" in parser.format_help()
+    for kind in kind_names():
+        args = parser.parse_args(["--data", "synthetic", "--model", "m", "--kind", kind])
+        assert config_from_args(args).model.kind == kind
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "synthetic", "--model", "m", "--kind", "gmf"])
 
 
 def test_usage_errors_exit_2_and_publish_nothing(

@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 from tests.gradcheck import assert_gradient, numeric_gradient
-from training import models
 from training.layers import SparseRows, sigmoid
 from training.losses import bce_with_logits
-from training.models import NCFMLP, Model, ModelConfig, NeuMF, build_model
+from training.models import (
+    NCFMLP,
+    Model,
+    ModelConfig,
+    NeuMF,
+    base,
+    build_model,
+    kind_names,
+    model_class,
+    register,
+)
 from training.optim import Adam, train_step
 
 N_USER_ROWS, N_ITEM_ROWS = 7, 6
@@ -102,42 +111,50 @@ def test_float32_forward_and_gradients_agree_with_float64(kind: str) -> None:
         np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_parameter_names_and_shapes() -> None:
-    mlp = build_model(ModelConfig(embedding_dim=8, tower=(12, 6)), 11, 9, seed=0)
-    assert isinstance(mlp, NCFMLP)
-    assert {name: p.shape for name, p in mlp.params.items()} == {
-        "user_emb": (11, 8),
-        "item_emb": (9, 8),
-        "W0": (16, 12),
-        "b0": (12,),
-        "W1": (12, 6),
-        "b1": (6,),
-        "w_out": (6, 1),
-        "b_out": (1,),
-    }
-    neumf = build_model(
-        ModelConfig(kind="neumf", embedding_dim=8, tower=(12, 6), gmf_dim=4), 11, 9, 0
-    )
-    assert isinstance(neumf, NeuMF)
-    assert {name: p.shape for name, p in neumf.params.items()} == {
-        "gmf_user_emb": (11, 4),
-        "gmf_item_emb": (9, 4),
-        "mlp_user_emb": (11, 8),
-        "mlp_item_emb": (9, 8),
-        "W0": (16, 12),
-        "b0": (12,),
-        "W1": (12, 6),
-        "b1": (6,),
-        "w_out": (10, 1),
-        "b_out": (1,),
-    }
-    for model in (mlp, neumf):
-        assert all(p.dtype == np.float32 for p in model.params.values())
+TOWER_SHAPES = {"W0": (16, 12), "b0": (12,), "W1": (12, 6), "b1": (6,), "b_out": (1,)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_type", "shapes"),
+    [
+        ("mlp", NCFMLP, {"user_emb": (11, 8), "item_emb": (9, 8), "w_out": (6, 1)}),
+        (
+            "neumf",
+            NeuMF,
+            {
+                "gmf_user_emb": (11, 4),
+                "gmf_item_emb": (9, 4),
+                "mlp_user_emb": (11, 8),
+                "mlp_item_emb": (9, 8),
+                "w_out": (10, 1),
+            },
+        ),
+    ],
+)
+def test_parameter_names_and_shapes(
+    kind: str, model_type: type[Model], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    config = ModelConfig(kind=kind, embedding_dim=8, tower=(12, 6), gmf_dim=4)
+    model = build_model(config, 11, 9, seed=0)
+    assert type(model) is model_type
+    assert {name: p.shape for name, p in model.params.items()} == {**shapes, **TOWER_SHAPES}
+    assert all(p.dtype == np.float32 for p in model.params.values())
+
+
+def test_registry_holds_the_kinds_by_name() -> None:
+    assert kind_names() == ("mlp", "neumf")
+    assert (model_class("mlp"), model_class("neumf")) == (NCFMLP, NeuMF)
+    assert (NCFMLP.kind, NeuMF.kind) == ("mlp", "neumf")
+    with pytest.raises(ValueError, match="unknown model kind 'gmf'; expected 'mlp' or 'neumf'"):
+        model_class("gmf")
+    with pytest.raises(ValueError, match="registered twice"):
+        register("mlp")(NCFMLP)
+    assert model_class("mlp") is NCFMLP
 
 
 @pytest.mark.parametrize("kind", ["mlp", "neumf"])
 def test_initialisation(kind: str) -> None:
-    model = build_model(ModelConfig(kind=kind), 2000, 1500, seed=0)  # type: ignore[arg-type]
+    model = build_model(ModelConfig(kind=kind), 2000, 1500, seed=0)
     for name, value in model.params.items():
         if name.endswith("emb"):
             assert not value[0].any(), f"{name}: unknown-id row starts at zero"
@@ -191,7 +208,7 @@ def test_predict_is_sigmoid_of_inference_logits_and_chunked(
     logits, _ = model.forward(users, items)
     assert whole.dtype == np.float32 and whole.shape == (1000,)
     np.testing.assert_array_equal(whole, sigmoid(logits))
-    monkeypatch.setattr(models, "PREDICT_CHUNK_ROWS", 64)
+    monkeypatch.setattr(base, "PREDICT_CHUNK_ROWS", 64)
     np.testing.assert_array_equal(model.predict(users, items), whole)  # no dropout, any chunking
     assert model.predict(users[:0], items[:0]).shape == (0,)
 
@@ -236,7 +253,7 @@ def test_config_validation(changes: dict[str, object], message: str) -> None:
 @pytest.mark.parametrize("kind", ["mlp", "neumf"])
 def test_training_learns_a_planted_preference(kind: str) -> None:
     """Users 1-20 like even items, users 21-40 odd ones: Adam must fit it well past chance."""
-    config = ModelConfig(kind=kind, embedding_dim=8, tower=(16, 8), gmf_dim=8)  # type: ignore[arg-type]
+    config = ModelConfig(kind=kind, embedding_dim=8, tower=(16, 8), gmf_dim=8)
     model = build_model(config, 41, 31, seed=0)
     optimizer = Adam(model.params, lr=0.01)
     rng = np.random.default_rng(0)

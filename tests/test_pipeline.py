@@ -14,6 +14,7 @@ import pytest
 
 import training.pipeline as pipeline_module
 import training.plot as plot_module
+from modelrepo import read_version, two_id_signature
 from training.data import SyntheticSpec
 from training.models import ModelConfig
 from training.pipeline import ParityError, PipelineConfig, run_pipeline, summary
@@ -52,40 +53,39 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
         "training_curve.png",
         "users.txt",
     ]
-    metadata = json.loads((version / "metadata.json").read_text())
-    assert metadata == result.metadata
-    assert (
-        metadata["model_sha256"]
-        == hashlib.sha256((version / "model.onnx").read_bytes()).hexdigest()
-    )
-    assert metadata["kind"] == "neumf"
-    assert metadata["hyperparameters"]["tower"] == [16, 8]
-    assert metadata["unknown_row"] == 0
-    assert metadata["n_user_rows"] == 121
-    assert metadata["n_item_rows"] == 201
-    assert [i["name"] for i in metadata["inputs"]] == ["user", "item"]
-    assert metadata["outputs"][0] == {
-        "name": "score",
-        "datatype": "FP32",
-        "shape": [-1],
-        "description": "probability of an interaction",
-    }
-    assert metadata["dataset"]["size"] == 4000
-    assert len(metadata["dataset"]["content_hash"]) == 64
-    assert 0 <= metadata["parity_max_abs_error"] <= 1e-5
-    assert metadata["created_at"].endswith("Z")
-    test = metadata["metrics"]["test"]
+    # The version reads back through the contract: manifest, vocabularies, every checksum.
+    stored = read_version(version)
+    manifest = stored.manifest
+    assert manifest == result.manifest
+    assert json.loads((version / "metadata.json").read_text()) == manifest.model_dump(mode="json")
+    assert set(manifest.files) == {p.name for p in version.iterdir()} - {"metadata.json"}
+    for name, digest in manifest.files.items():
+        assert digest == hashlib.sha256((version / name).read_bytes()).hexdigest(), name
+    assert stored.model == (version / "model.onnx").read_bytes()
+    assert manifest.kind == "neumf"
+    assert manifest.unknown_row == 0
+    assert manifest.signature == two_id_signature(121, 201)
+    users = stored.vocabulary(manifest.signature.input("user"))
+    assert users.ids == (version / "users.txt").read_text().splitlines()
+    assert len(users) == 120
+    assert stored.vocabularies["items.txt"].n_rows == 201
+    assert manifest.created_at is not None and manifest.created_at.endswith("Z")
+
+    records = manifest.records()
+    assert records["hyperparameters"]["tower"] == [16, 8]
+    assert records["dataset"]["size"] == 4000
+    assert len(records["dataset"]["content_hash"]) == 64
+    assert 0 <= records["parity_max_abs_error"] <= 1e-5
+    test = records["metrics"]["test"]
     assert set(test) == {"model", "popularity", "lift"}
     assert test["lift"]["hr@10"] == pytest.approx(
         test["model"]["hr@10"] - test["popularity"]["hr@10"]
     )
-    assert "popularity" in metadata["metrics"]["validation"]
-    training = metadata["training"]
+    assert "popularity" in records["metrics"]["validation"]
+    training = records["training"]
     assert training["epochs_run"] == 2
     assert {"seed", "optimizer", "lr", "batch_size", "negatives"} <= set(training)
 
-    users = (version / "users.txt").read_text().splitlines()
-    assert len(users) == 120
     history = json.loads((version / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert (version / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,8 +100,25 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
     second = run_pipeline(tiny_config(tmp_path), log=io.StringIO())
     assert second.published.version == 2
     # Same data and seed: the same weights, byte for byte.
-    assert second.metadata["model_sha256"] == metadata["model_sha256"]
+    assert second.manifest.files["model.onnx"] == manifest.files["model.onnx"]
     assert "published demo version 1" in summary(result)
+
+
+def test_non_finite_figures_are_recorded_as_null(tmp_path: Path) -> None:
+    """With two interactions per user nobody is held out for validation: its figures are NaN,
+    which the manifest and the history record as null (standard JSON)."""
+    path = tmp_path / "pairs.csv"
+    rows = [f"user{n // 2},item{n},4,{n}" for n in range(120)]
+    path.write_text("\n".join(["user_id,item_id,rating,timestamp", *rows]) + "\n")
+    config = tiny_config(tmp_path / "repo", data=str(path), synthetic=None)
+    result = run_pipeline(config, log=io.StringIO())
+    version = result.published.path
+    assert "NaN" not in (version / "metadata.json").read_text()
+    assert "NaN" not in (version / "history.json").read_text()
+    assert read_version(version).manifest == result.manifest
+    history = json.loads((version / "history.json").read_text())
+    assert [epoch["val_hr"] for epoch in history["epochs"]] == [None, None]
+    assert "model" not in result.manifest.records()["metrics"]["validation"]
 
 
 def test_failed_parity_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +163,7 @@ def test_file_data_with_bad_rows_is_reported(tmp_path: Path) -> None:
     )
     assert "skipped 1 row(s) with missing or malformed fields (lines 6)" in log.getvalue()
     assert "epoch 1/2" in log.getvalue()
-    assert result.metadata["dataset"]["name"] == "events.csv"
-    assert result.metadata["dataset"]["skipped_rows"] == 1
+    assert result.manifest.records()["dataset"]["name"] == "events.csv"
+    assert result.manifest.records()["dataset"]["skipped_rows"] == 1
     items = (result.published.path / "items.txt").read_text().splitlines()
     assert items[:3] == ["item0", "item1", "item10"]

@@ -11,9 +11,12 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from modelrepo import is_model_name
+from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 from training.data import FORMATS, DataError, SyntheticSpec
-from training.models import ModelConfig
+from training.models import ModelConfig, kind_names
 from training.pipeline import (
     SYNTHETIC_PRESETS,
     ParityError,
@@ -21,13 +24,13 @@ from training.pipeline import (
     run_pipeline,
     summary,
 )
-from training.publish import MODEL_NAME_PATTERN
 from training.train import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
 
 DEFAULT_MODEL = ModelConfig(kind="neumf")
 DEFAULT_TRAIN = TrainConfig()
+ConfigT = TypeVar("ConfigT", ModelConfig, TrainConfig)
 
 
 def _tower(text: str) -> tuple[int, ...]:
@@ -38,6 +41,20 @@ def _tower(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected positive widths like 64,32,16, got {text!r}")
     return widths
+
+
+_TRAIN_HELP: dict[str, str | None] = {
+    "lr": "learning rate",
+    "batch_size": None,
+    "negatives": "sampled negatives per positive",
+    "epochs": "most epochs",
+    "patience": "epochs without improvement to stop",
+    "seed": "seed of split and training",
+    "unknown_rate": "share of ids replaced by the unknown-id row in training",
+    "threads": "BLAS threads while training (default 1: more gain little and thrash on busy "
+    "cores; 0: the library default)",
+}
+"""The ``TrainConfig`` fields set by a flag of the same name (``--batch-size``), with its help."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,53 +85,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--kind", choices=("mlp", "neumf"), default=m.kind, help="architecture")
+    model.add_argument("--kind", choices=kind_names(), default=m.kind, help="architecture")
     model.add_argument("--embedding-dim", type=int, default=m.embedding_dim, metavar="D")
-    model.add_argument(
-        "--tower",
-        type=_tower,
-        default=m.tower,
-        metavar="W,W,...",
-        help=f"MLP tower widths (default {','.join(map(str, m.tower))})",
-    )
+    tower_help = f"MLP tower widths (default {','.join(map(str, m.tower))})"
+    model.add_argument("--tower", type=_tower, default=m.tower, metavar="W,W,...", help=tower_help)
     model.add_argument("--gmf-dim", type=int, default=m.gmf_dim, metavar="D", help="NeuMF only")
     model.add_argument("--l2", type=float, default=m.l2, help="L2 weight")
     model.add_argument("--dropout", type=float, default=m.dropout, help="tower dropout rate")
 
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default=t.optimizer)
-    train.add_argument("--lr", type=float, default=t.lr, help="learning rate")
-    train.add_argument("--batch-size", type=int, default=t.batch_size)
-    train.add_argument(
-        "--negatives", type=int, default=t.negatives, help="sampled negatives per positive"
-    )
-    train.add_argument("--epochs", type=int, default=t.epochs, help="most epochs")
-    train.add_argument(
-        "--patience", type=int, default=t.patience, help="epochs without improvement to stop"
-    )
-    train.add_argument("--seed", type=int, default=t.seed, help="seed of split and training")
-    train.add_argument(
-        "--unknown-rate",
-        type=float,
-        default=t.unknown_rate,
-        help="share of ids replaced by the unknown-id row in training",
-    )
-    train.add_argument(
-        "--threads",
-        type=int,
-        default=t.threads,
-        help="BLAS threads while training (default 1: more gain little and thrash on busy "
-        "cores; 0: the library default)",
-    )
+    for name, help_text in _TRAIN_HELP.items():
+        default = getattr(t, name)
+        flag = "--" + name.replace("_", "-")
+        train.add_argument(flag, type=type(default), default=default, help=help_text)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline configuration the flags describe (ValueError when invalid)."""
-    if not MODEL_NAME_PATTERN.fullmatch(args.model):
+    if not is_model_name(args.model):
         raise ValueError(
-            f"model name {args.model!r} must match {MODEL_NAME_PATTERN.pattern} "
-            "(lower-case letters, digits, '_', '.', '-')"
+            f"model name {args.model!r} must match {MODEL_NAME_PATTERN.pattern} ({MODEL_NAME_RULE})"
         )
     spec: SyntheticSpec | None = None
     overrides = {
@@ -134,27 +126,15 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         repository=args.repository,
         data_format=args.format,
         synthetic=spec,
-        model=ModelConfig(
-            kind=args.kind,
-            embedding_dim=args.embedding_dim,
-            tower=tuple(args.tower),
-            gmf_dim=args.gmf_dim,
-            l2=args.l2,
-            dropout=args.dropout,
-        ),
-        train=TrainConfig(
-            optimizer=args.optimizer,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            negatives=args.negatives,
-            epochs=args.epochs,
-            patience=args.patience,
-            seed=args.seed,
-            unknown_rate=args.unknown_rate,
-            threads=args.threads,
-        ),
+        model=_from_args(ModelConfig, args),
+        train=_from_args(TrainConfig, args),
         quiet=args.quiet,
     )
+
+
+def _from_args(cls: type[ConfigT], args: argparse.Namespace) -> ConfigT:
+    """``cls`` with every field taken from the flag of the same name."""
+    return cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(cls)})
 
 
 def run(args: argparse.Namespace) -> int:

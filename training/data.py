@@ -24,7 +24,7 @@ FORMATS: tuple[Format, ...] = ("csv", "u.data", "ratings.dat")
 USER_COLUMNS = ("user_id", "userid", "user")
 ITEM_COLUMNS = ("item_id", "itemid", "movieid", "movie_id", "item")
 MAX_REPORTED_LINES = 10
-_BREAKS = frozenset("\r\n")  # an id must fit on one line of users.txt / items.txt
+_BREAKS = frozenset("\r\n")  # an id must fit on one line of its vocabulary file
 
 
 class DataError(ValueError):

@@ -1,7 +1,8 @@
-"""Export trained parameters to an ONNX graph that honours the model-repository contract.
+"""Export trained parameters to an ONNX graph that honours the model's signature.
 
-Inputs ``user`` and ``item`` are int64 embedding-row indices of shape [N]; the output ``score`` is
-the float32 probability of shape [N]. The graph uses only Gather, Concat, Gemm, Relu, Mul, Sigmoid
+The graph's inputs and outputs are the signature's (for today's kinds the two-id one: int64 rows
+``user`` and ``item`` of shape [N] -> float32 ``score`` [N]); the nodes between are the kind's
+(:meth:`training.models.Model.graph`). The graph uses only Gather, Concat, Gemm, Relu, Mul, Sigmoid
 and Squeeze, at an explicit opset and IR version that ONNX Runtime 1.20+ loads.
 """
 
@@ -9,63 +10,58 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
+
+from modelrepo import Signature, Source
+from training.models import model_class
 
 OPSET = 17
 IR_VERSION = 10
-INPUT_NAMES = ("user", "item")
-OUTPUT_NAME = "score"
+_TENSOR_TYPES = {"INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT}
 
 
-def _tower(nodes: list[onnx.NodeProto], params: Mapping[str, np.ndarray], x: str) -> str:
-    """Dense+ReLU layers ``W0, b0, W1, b1, ...`` applied to ``x``; returns the output name."""
-    layer = 0
-    while f"W{layer}" in params:
-        out = f"tower{layer}"
-        nodes.append(helper.make_node("Gemm", [x, f"W{layer}", f"b{layer}"], [f"{out}_lin"]))
-        nodes.append(helper.make_node("Relu", [f"{out}_lin"], [out]))
-        x = out
-        layer += 1
-    return x
+class _Nodes:
+    """The nodes and constants of a graph under construction (``models.GraphNodes``)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+
+    def add(self, op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def constant(self, name: str, value: NDArray[Any]) -> str:
+        self.constants.append(numpy_helper.from_array(value, name))
+        return name
+
+
+def _value_info(name: str, dtype: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+    dims = ["N" if dim < 0 else dim for dim in shape]
+    return helper.make_tensor_value_info(name, _TENSOR_TYPES[dtype], dims)
 
 
 def build_graph(params: Mapping[str, np.ndarray], kind: str) -> onnx.ModelProto:
-    """Build the ONNX model for an ``mlp`` (NCF-MLP) or ``neumf`` parameter set."""
-    nodes: list[onnx.NodeProto] = []
-    if kind == "mlp":
-        user_table, item_table = "user_emb", "item_emb"
-    elif kind == "neumf":
-        user_table, item_table = "mlp_user_emb", "mlp_item_emb"
-    else:
-        raise ValueError(f"unknown model kind {kind!r}; expected 'mlp' or 'neumf'")
-    nodes.append(helper.make_node("Gather", [user_table, "user"], ["u_vec"], axis=0))
-    nodes.append(helper.make_node("Gather", [item_table, "item"], ["i_vec"], axis=0))
-    nodes.append(helper.make_node("Concat", ["u_vec", "i_vec"], ["mlp_in"], axis=1))
-    head = _tower(nodes, params, "mlp_in")
-    if kind == "neumf":
-        nodes.append(helper.make_node("Gather", ["gmf_user_emb", "user"], ["gu_vec"], axis=0))
-        nodes.append(helper.make_node("Gather", ["gmf_item_emb", "item"], ["gi_vec"], axis=0))
-        nodes.append(helper.make_node("Mul", ["gu_vec", "gi_vec"], ["gmf_out"]))
-        nodes.append(helper.make_node("Concat", ["gmf_out", head], ["joined"], axis=1))
-        head = "joined"
-    nodes.append(helper.make_node("Gemm", [head, "w_out", "b_out"], ["logit2d"]))
-    nodes.append(helper.make_node("Sigmoid", ["logit2d"], ["prob2d"]))
-    nodes.append(helper.make_node("Squeeze", ["prob2d", "squeeze_axes"], [OUTPUT_NAME]))
-
+    """Build the ONNX model for a parameter set of the model kind named ``kind``."""
+    cls = model_class(kind)
+    signature = cls.signature_for(params)
+    nodes = _Nodes()
+    cls.graph(nodes, params, signature)
     initializers = [
         numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name)
         for name, value in sorted(params.items())
     ]
-    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "squeeze_axes"))
     graph = helper.make_graph(
-        nodes,
+        nodes.nodes,
         f"recserve_{kind}",
-        inputs=[helper.make_tensor_value_info(n, TensorProto.INT64, ["N"]) for n in INPUT_NAMES],
-        outputs=[helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N"])],
-        initializer=initializers,
+        inputs=[_value_info(s.name, s.dtype, s.shape) for s in signature.inputs],
+        outputs=[_value_info(s.name, s.dtype, s.shape) for s in signature.outputs],
+        initializer=initializers + nodes.constants,
     )
     model = helper.make_model(
         graph,
@@ -77,29 +73,39 @@ def build_graph(params: Mapping[str, np.ndarray], kind: str) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(params: Mapping[str, np.ndarray], kind: str, path: Path) -> None:
-    """Write ``model.onnx`` for the given parameters to ``path``."""
-    onnx.save_model(build_graph(params, kind), str(path))
-
-
 def model_bytes(params: Mapping[str, np.ndarray], kind: str) -> bytes:
-    """The serialised ONNX model for the given parameters (what ``model.onnx`` holds)."""
-    return build_graph(params, kind).SerializeToString()
+    """The serialised ONNX model for the given parameters (what a version's graph file holds)."""
+    data: bytes = build_graph(params, kind).SerializeToString()
+    return data
+
+
+def export_onnx(params: Mapping[str, np.ndarray], kind: str, path: Path) -> None:
+    """Write the ONNX model for the given parameters to ``path``."""
+    path.write_bytes(model_bytes(params, kind))
 
 
 def onnx_parity(
-    path: Path,
+    model: bytes,
     predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
     users: np.ndarray,
     items: np.ndarray,
+    signature: Signature,
 ) -> float:
-    """Largest absolute difference between ONNX Runtime (CPU) and ``predict`` on the given rows."""
+    """Largest absolute difference between ONNX Runtime (CPU) and ``predict`` on the given rows.
+
+    ``model`` is the serialised graph; ``signature`` names its user and item inputs and the score.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = {"user": users.astype(np.int64), "item": items.astype(np.int64)}
-    (onnx_scores,) = session.run([OUTPUT_NAME], feeds)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feeds: dict[str, np.ndarray] = {}
+    for source, rows in ((Source.USER, users), (Source.ITEM, items)):
+        spec = signature.one_from(source)
+        if spec is None:
+            raise ValueError(f"the signature has no {source} input")
+        feeds[spec.name] = rows.astype(np.int64)
+    (onnx_scores,) = session.run([signature.score], feeds)
     reference = np.asarray(predict(users, items), dtype=np.float64)
     return float(np.max(np.abs(np.asarray(onnx_scores, dtype=np.float64) - reference), initial=0.0))

@@ -20,9 +20,6 @@ Mask: TypeAlias = NDArray[np.floating] | NDArray[np.bool_]
 Params: TypeAlias = dict[str, NDArray[Any]]
 """Parameters by name; float32 in training, any float dtype in gradient checks."""
 
-UNKNOWN_ROW = 0
-"""Row 0 of every embedding table serves ids outside the vocabulary."""
-
 
 @dataclass(frozen=True)
 class SparseRows:
@@ -91,7 +88,7 @@ def accumulate_rows(groups: RowGroups, grad: Array) -> SparseRows:
 
 
 class Embedding:
-    """Row lookup in the table ``params[name]``; row ``UNKNOWN_ROW`` is the unknown-id row."""
+    """Row lookup in the table ``params[name]``; row ``modelrepo.UNKNOWN_ROW`` is the unknown id."""
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -1,19 +1,16 @@
 """One training run from data to a published version.
 
 load -> split -> train (early stopping on validation) -> evaluate on test against the popularity
-baseline -> export ONNX -> parity check with ONNX Runtime -> publish the next version.
-A parity error above the tolerance publishes nothing.
+baseline -> export ONNX -> parity check with ONNX Runtime -> publish the next version through
+``modelrepo.write_version``. A parity error above the tolerance publishes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +20,20 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from modelrepo import (
+    UNKNOWN_ROW,
+    Manifest,
+    PublishedVersion,
+    Signature,
+    Source,
+    Vocabulary,
+    write_version,
+)
 from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
-from training.export import INPUT_NAMES, OUTPUT_NAME, export_onnx, onnx_parity
+from training.export import model_bytes, onnx_parity
 from training.models import ModelConfig
 from training.plot import plot_history
-from training.publish import PublishedVersion, publish_version
 from training.split import Split, leave_one_out
 from training.train import TrainConfig, TrainResult, scorer, train
 
@@ -36,8 +41,8 @@ SYNTHETIC_PRESETS: Mapping[str, SyntheticSpec] = {
     "synthetic": SyntheticSpec(),
     "synthetic-ml1m": ML1M,
 }
-METADATA_FORMAT = 1
-UNKNOWN_ROW = 0
+HISTORY_FILE = "history.json"
+CURVE_FILE = "training_curve.png"
 
 
 class ParityError(RuntimeError):
@@ -76,9 +81,13 @@ class Evaluation:
 @dataclass(frozen=True)
 class PipelineResult:
     published: PublishedVersion
-    metadata: dict[str, Any]
     test: Evaluation
     parity_error: float
+
+    @property
+    def manifest(self) -> Manifest:
+        """The published manifest (with the sha256 of every file of the version)."""
+        return self.published.manifest
 
 
 def load_data(config: PipelineConfig) -> Interactions:
@@ -128,40 +137,55 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         popularity=evaluate(popularity, split.test),
     )
 
-    with tempfile.TemporaryDirectory(prefix="recserve-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(result.model.params, config.model.kind, onnx_path)
-        users, items = _parity_rows(split)
-        parity = onnx_parity(onnx_path, result.model.predict, users, items)
-        if not parity <= config.parity_tolerance:
-            raise ParityError(parity, config.parity_tolerance)
-        onnx_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-        metadata = build_metadata(
-            config,
-            data,
-            split,
-            result,
-            test,
-            pop_validation,
-            parity=parity,
-            onnx_sha256=onnx_sha256,
-            seconds=time.perf_counter() - started,
-        )
+    signature = result.model.signature
+    graph = model_bytes(result.model.params, config.model.kind)
+    users, items = _parity_rows(split)
+    parity = onnx_parity(graph, result.model.predict, users, items, signature)
+    if not parity <= config.parity_tolerance:
+        raise ParityError(parity, config.parity_tolerance)
+    manifest = build_manifest(
+        config,
+        data,
+        split,
+        result,
+        test,
+        pop_validation,
+        signature=signature,
+        parity=parity,
+        seconds=time.perf_counter() - started,
+    )
+    published = write_version(
+        config.repository,
+        config.model_name,
+        manifest,
+        graph,
+        vocabularies(signature, data),
+        _extra_files(result, pop_validation, stream),
+    )
+    return PipelineResult(published, test, parity)
 
-        def write(staging: Path) -> None:
-            shutil.copyfile(onnx_path, staging / "model.onnx")
-            (staging / "users.txt").write_text("".join(f"{u}\n" for u in data.user_ids))
-            (staging / "items.txt").write_text("".join(f"{i}\n" for i in data.item_ids))
-            history = _finite(result.history_json())
-            (staging / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            baseline = (pop_validation.hr, pop_validation.ndcg) if pop_validation else None
-            plot_history(
-                result.history, staging / "training_curve.png", baseline=baseline, stream=stream
-            )
-            (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
-        published = publish_version(config.repository, config.model_name, write)
-    return PipelineResult(published, metadata, test, parity)
+def vocabularies(signature: Signature, data: Interactions) -> dict[str, Vocabulary]:
+    """The vocabulary of every id input, by the file name the signature gives it."""
+    ids = {Source.USER: data.user_ids, Source.ITEM: data.item_ids}
+    return {
+        spec.vocabulary: Vocabulary(ids[spec.source])
+        for spec in signature.inputs
+        if spec.vocabulary is not None
+    }
+
+
+def _extra_files(
+    result: TrainResult, pop_validation: Metrics | None, stream: TextIO
+) -> dict[str, bytes]:
+    """The training history and, where matplotlib is installed, the training curve."""
+    history = json.dumps(_finite(result.history_json()), indent=2) + "\n"
+    files = {HISTORY_FILE: history.encode("utf-8")}
+    baseline = (pop_validation.hr, pop_validation.ndcg) if pop_validation else None
+    curve = plot_history(result.history, baseline=baseline, stream=stream)
+    if curve is not None:
+        files[CURVE_FILE] = curve
+    return files
 
 
 def _parity_rows(split: Split) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +194,10 @@ def _parity_rows(split: Split) -> tuple[np.ndarray, np.ndarray]:
     users, items = users + 1, items + 1
     extra_items = np.arange(min(split.n_items + 1, 100), dtype=np.int64)
     extra_users = np.arange(min(split.n_users + 1, 100), dtype=np.int64)
-    users = np.concatenate([users, np.zeros_like(extra_items), extra_users])
-    items = np.concatenate([items, extra_items, np.zeros_like(extra_users)])
+    unknown_users = np.full_like(extra_items, UNKNOWN_ROW)
+    unknown_items = np.full_like(extra_users, UNKNOWN_ROW)
+    users = np.concatenate([users, unknown_users, extra_users])
+    items = np.concatenate([items, extra_items, unknown_items])
     return users, items
 
 
@@ -193,7 +219,7 @@ def _lift(model: Metrics, baseline: Metrics) -> dict[str, float]:
     }
 
 
-def build_metadata(
+def build_manifest(
     config: PipelineConfig,
     data: Interactions,
     split: Split,
@@ -201,11 +227,11 @@ def build_metadata(
     test: Evaluation,
     pop_validation: Metrics | None,
     *,
+    signature: Signature,
     parity: float,
-    onnx_sha256: str,
     seconds: float,
-) -> dict[str, Any]:
-    """The version's ``metadata.json``."""
+) -> Manifest:
+    """The version's manifest: the kind and signature, and what the run records beside them."""
     model_config = dataclasses.asdict(config.model)
     model_config["tower"] = list(config.model.tower)
     validation: dict[str, Any] = {"best_epoch": result.best_epoch}
@@ -213,32 +239,8 @@ def build_metadata(
         validation["model"] = result.best_validation.as_dict()
     if pop_validation is not None:
         validation["popularity"] = pop_validation.as_dict()
-    metadata = {
-        "format_version": METADATA_FORMAT,
-        "kind": config.model.kind,
+    records = {
         "hyperparameters": model_config,
-        "inputs": [
-            {"name": name, "datatype": "INT64", "shape": [-1], "description": f"{name} row"}
-            for name in INPUT_NAMES
-        ],
-        "outputs": [
-            {
-                "name": OUTPUT_NAME,
-                "datatype": "FP32",
-                "shape": [-1],
-                "description": "probability of an interaction",
-            }
-        ],
-        "n_user_rows": data.n_users + 1,
-        "n_item_rows": data.n_items + 1,
-        "unknown_row": UNKNOWN_ROW,
-        "vocabulary": {
-            "users": data.n_users,
-            "items": data.n_items,
-            "user_file": "users.txt",
-            "item_file": "items.txt",
-            "row_of_line": "line i (from 0) is embedding row i + 1",
-        },
         "dataset": {**data.describe(), "size": len(data), "split": split.summary()},
         "metrics": {
             "protocol": (
@@ -254,8 +256,6 @@ def build_metadata(
             "validation": validation,
         },
         "parity_max_abs_error": parity,
-        "model_sha256": onnx_sha256,
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "training": {
             **dataclasses.asdict(config.train),
             "epochs_run": result.epochs_run,
@@ -265,8 +265,12 @@ def build_metadata(
             "total_seconds": round(seconds, 3),
         },
     }
-    finite: dict[str, Any] = _finite(metadata)
-    return finite
+    return Manifest(
+        kind=config.model.kind,
+        signature=signature,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **_finite(records),
+    )
 
 
 def summary(result: PipelineResult) -> str:
@@ -274,7 +278,7 @@ def summary(result: PipelineResult) -> str:
     model, pop = result.test.model, result.test.popularity
     k = model.k
     row = "  {:<14}{:.4f}  {:.4f}   {:.4f}  {:.4f}"
-    training = result.metadata["training"]
+    training = result.manifest.records()["training"]
     lines = [
         f"published {result.published.model_name} version {result.published.version} "
         f"-> {result.published.path}",

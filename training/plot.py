@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TextIO
 
 from training.train import EpochRecord
@@ -21,12 +21,11 @@ def _warn_once(stream: TextIO, message: str) -> None:
 
 def plot_history(
     history: Sequence[EpochRecord],
-    path: Path,
     *,
     baseline: tuple[float, float] | None = None,
     stream: TextIO | None = None,
-) -> bool:
-    """Write the curve to ``path`` (PNG); False, with a warning, when matplotlib is missing.
+) -> bytes | None:
+    """The curve as PNG bytes; None, with a warning (once), when matplotlib is missing.
 
     ``baseline`` is the popularity baseline's validation (HR@10, NDCG@10), drawn as dashed lines.
     """
@@ -38,7 +37,7 @@ def plot_history(
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         _warn_once(stream or sys.stderr, "matplotlib is not installed; skipping the training curve")
-        return False
+        return None
 
     epochs = [record.epoch for record in history]
     figure, (loss_axes, rank_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -58,7 +57,8 @@ def plot_history(
             axes.grid(alpha=0.3)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         figure.tight_layout()
-        figure.savefig(path, format="png")
+        png = io.BytesIO()
+        figure.savefig(png, format="png")
     finally:
         plt.close(figure)
-    return True
+    return png.getvalue()

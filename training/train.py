@@ -15,6 +15,7 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
+from modelrepo import UNKNOWN_ROW
 from training.evaluate import Metrics, evaluate
 from training.models import Model, ModelConfig, build_model
 from training.optim import SGD, Adam, train_step
@@ -66,16 +67,14 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
 
+    def history_json(self) -> dict[str, Any]:
+        """Every epoch's figures and how training ended: the version's training history."""
+        epochs = [asdict(record) for record in self.history]
+        return dict(best_epoch=self.best_epoch, stopped_early=self.stopped_early, epochs=epochs)
+
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-    def history_json(self) -> dict[str, Any]:
-        return {
-            "best_epoch": self.best_epoch,
-            "stopped_early": self.stopped_early,
-            "epochs": [asdict(record) for record in self.history],
-        }
 
 
 def scorer(model: Model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -106,8 +105,8 @@ def epoch_samples(
     order = rng.permutation(users.size)
     users, items, labels = users[order], items[order], labels[order]
     if unknown_rate > 0:
-        users[rng.random(users.size) < unknown_rate] = 0
-        items[rng.random(items.size) < unknown_rate] = 0
+        users[rng.random(users.size) < unknown_rate] = UNKNOWN_ROW
+        items[rng.random(items.size) < unknown_rate] = UNKNOWN_ROW
     return users, items, labels
 
 

@@ -1,0 +1,28 @@
+"""Recommender models in NumPy with hand-written backpropagation, one class per model kind.
+
+Importing the package registers every kind (:mod:`training.models.mlp`,
+:mod:`training.models.neumf`); to add one, write a ``Model`` subclass in its own module, decorate
+it with ``@register("name")`` and import it here.
+"""
+
+from __future__ import annotations
+
+from training.models.base import ForwardCache, GraphNodes, Model, Table
+from training.models.config import ModelConfig
+from training.models.mlp import NCFMLP
+from training.models.neumf import NeuMF
+from training.models.registry import build_model, kind_names, model_class, register
+
+__all__ = [
+    "NCFMLP",
+    "ForwardCache",
+    "GraphNodes",
+    "Model",
+    "ModelConfig",
+    "NeuMF",
+    "Table",
+    "build_model",
+    "kind_names",
+    "model_class",
+    "register",
+]
