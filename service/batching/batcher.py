@@ -1,17 +1,16 @@
 """Dynamic batching of one model version (design.md §5).
 
-The unit is the row. ``submit`` appends a request to a deque and awaits a future; workers (one per
-concurrent run) take rows from the head of the deque, cutting a request that does not fit into
-slices, and run each batch with one ``run_in_executor`` call:
+``submit`` queues a request's rows and awaits a future; runners (one task per concurrent run)
+take batches from the head of the queue and run each with one ``run_in_executor`` call:
 
     collect -> concatenate -> run -> check one output row per input row -> split -> reply
 
-An idle runner starts a batch at once; requests that arrive while a batch runs form the next one.
-With ``concurrent_runs`` > 1, a free runner beside a busy one waits until the queue holds
-``max_batch_rows`` or its oldest request has waited ``max_queue_delay_us``. The queue is bounded in
+When a batch starts and how many rows it takes is the :class:`BatchPolicy`'s decision; the queue
+(:mod:`service.batching.queue`) keeps the requests and their row counts. The queue is bounded in
 rows; a request still wholly queued at its timeout is answered :class:`QueueTimeout` and never
 computed. A batch that fails in the runtime is retried in halves until the failing requests are
-isolated, so no request fails because of another.
+isolated, so no request fails because of another. What happens is told to the observers
+(:class:`BatchObserver`): the metrics and the statistics.
 """
 
 from __future__ import annotations
@@ -19,54 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
-from service.errors import (
-    InferenceFailed,
-    InvalidInput,
-    Overloaded,
-    QueueTimeout,
-    ServingError,
-    ShuttingDown,
-)
-from service.metrics.families import Metrics
-from service.metrics.stats import VersionStats
+from service.batching.observer import BatchObserver
+from service.batching.policy import BatchPolicy
+from service.batching.queue import Part, Request, RequestQueue, Tensors
+from service.batching.tensors import concatenate, reassemble, row_count
+from service.errors import InferenceFailed, Overloaded, QueueTimeout, ServingError, ShuttingDown
 from service.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
-Tensors = dict[str, np.ndarray]
 Runner = Callable[[Tensors], Tensors]
 """Runs one batch (called in a worker thread); returns outputs with one row per input row."""
-
-
-class _Request:
-    __slots__ = ("deadline", "done_rows", "enqueued", "future", "inputs", "n", "pieces", "taken")
-
-    def __init__(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        n: int,
-        future: asyncio.Future[Tensors],
-        enqueued: float,
-        deadline: float,
-    ) -> None:
-        self.inputs = inputs
-        self.n = n
-        self.taken = 0  # rows handed to batches (or dropped); n once nothing is left queued
-        self.future = future
-        self.enqueued = enqueued
-        self.deadline = deadline
-        self.done_rows = 0  # rows computed, for a request split over several batches
-        self.pieces: list[tuple[int, Tensors]] = []
-
-
-# A slice of one request in a batch: (request, start row, stop row).
-_Part = tuple[_Request, int, int]
 
 
 class _OutputRowsMismatch(Exception):
@@ -74,42 +41,36 @@ class _OutputRowsMismatch(Exception):
 
 
 class Batcher:
-    """The request queue and runners of one model version."""
+    """The request queue and runners of one model version.
+
+    ``observers`` are told every event (the version's metrics and statistics); ``name`` names the
+    runner threads; ``policy`` defaults to the dynamic batching of ``settings``.
+    """
 
     def __init__(
         self,
         runner: Runner,
         settings: BatchingSettings,
         *,
-        model: str = "",
-        version: str = "",
-        metrics: Metrics | None = None,
-        stats: VersionStats | None = None,
+        observers: Sequence[BatchObserver] = (),
+        name: str = "",
+        policy: BatchPolicy | None = None,
         executor: Executor | None = None,
     ) -> None:
         self._runner = runner
-        self._max_rows = settings.max_batch_rows
-        self._delay_s = settings.max_queue_delay_us / 1e6
+        self._policy = policy if policy is not None else BatchPolicy.from_settings(settings)
         self._capacity = settings.queue_capacity_rows
         self._timeout_s = settings.request_timeout_s
         self._n_workers = settings.concurrent_runs
-        self.stats = stats if stats is not None else VersionStats(model, version)
+        self._observers = tuple(observers)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
-            max_workers=self._n_workers, thread_name_prefix=f"run-{model}-{version}"
+            max_workers=self._n_workers, thread_name_prefix=f"run-{name}"
         )
-        m = metrics if metrics is not None else Metrics()
-        self._queue_wait = m.queue_wait.labels(model, version)
-        self._compute = m.compute_duration.labels(model, version)
-        self._batch_rows = m.batch_rows.labels(model, version)
-        self._batch_requests = m.batch_requests.labels(model, version)
-        # Changed by the rows this batcher adds and takes (inc/dec), so that a version reloaded in
-        # place, whose old and new batchers share the child, shows their sum.
-        self._queue_gauge = m.queue_rows.labels(model, version)
-        m.queue_capacity_rows.labels(model, version).set(self._capacity)
+        for observer in self._observers:
+            observer.opened(self._capacity)
 
-        self._queue: deque[_Request] = deque()
-        self._queued_rows = 0
+        self._queue = RequestQueue()
         self._running = 0
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,7 +81,7 @@ class Batcher:
     @property
     def queued_rows(self) -> int:
         """Rows waiting for a batch (not yet handed to a runner)."""
-        return self._queued_rows
+        return self._queue.rows
 
     @property
     def closing(self) -> bool:
@@ -132,10 +93,11 @@ class Batcher:
         """Queue a request's rows and return its outputs, in row order."""
         if self._closing:
             raise ShuttingDown("the model version is shutting down")
-        n = _row_count(inputs)
-        queued = self._queued_rows
+        n = row_count(inputs)
+        queued = self._queue.rows
         if queued and queued + n > self._capacity:
-            self.stats.fail_count += 1
+            for observer in self._observers:
+                observer.rejected(n)
             raise Overloaded(
                 f"queue full ({queued} rows queued, capacity {self._capacity}); retry later"
             )
@@ -143,11 +105,11 @@ class Batcher:
         if loop is None:
             loop = self._start()
         now = time.monotonic()
-        request = _Request(inputs, n, loop.create_future(), now, now + self._timeout_s)
-        self._queue.append(request)
-        self._queued_rows = queued + n
-        self._queue_gauge.inc(n)
-        if not queued or queued + n >= self._max_rows:
+        request = Request(inputs, n, loop.create_future(), now, now + self._timeout_s)
+        self._queue.push(request)
+        for observer in self._observers:
+            observer.queued(n)
+        if self._policy.wakes(queued, queued + n):
             self._wake()
         if self._timer is None:
             self._timer = loop.call_later(self._timeout_s, self._expire_overdue)
@@ -157,7 +119,7 @@ class Batcher:
             self._drop(request)  # the caller is gone: its queued rows are never computed
             raise
 
-    # -- the batch loop ------------------------------------------------------------------------
+    # -- the batch loop: collect, run, split, reply ----------------------------------------------
 
     def _start(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -185,11 +147,18 @@ class Batcher:
                 self._running -= 1
                 self._wake()
 
-    async def _next_batch(self) -> list[_Part] | None:
-        """Wait until a batch should start and take its rows; None once closed and empty."""
+    async def _next_batch(self) -> list[Part] | None:
+        """Wait until the policy starts a batch and take its rows; None once closed and empty."""
         while True:
-            if self._queued_rows:
-                wait_s = self._delay_left()
+            head = self._queue.head()
+            if head is not None:
+                wait_s = self._policy.wait_s(
+                    queued_rows=self._queue.rows,
+                    oldest_enqueued=head.enqueued,
+                    now=time.monotonic(),
+                    busy_runners=self._running,
+                    closing=self._closing,
+                )
                 if wait_s <= 0:
                     parts = self._collect()
                     if parts:
@@ -202,54 +171,23 @@ class Batcher:
             else:
                 await self._wait(None)
 
-    def _delay_left(self) -> float:
-        """Seconds a free runner should still wait for the batch to fill (<= 0: start now)."""
-        if (
-            self._running == 0
-            or self._closing
-            or self._delay_s <= 0
-            or self._queued_rows >= self._max_rows
-        ):
-            return 0.0
-        head = self._head()
-        if head is None:
-            return 0.0
-        return head.enqueued + self._delay_s - time.monotonic()
-
-    def _collect(self) -> list[_Part]:
-        """Take up to ``max_batch_rows`` rows from the head of the queue."""
+    def _collect(self) -> list[Part]:
+        """Answer the requests past their timeout, then take a batch from the head of the queue."""
         now = time.monotonic()
-        queue = self._queue
-        room = self._max_rows
-        parts: list[_Part] = []
-        while queue and room:
-            request = queue[0]
-            start = request.taken
-            left = request.n - start
-            if left == 0:
-                queue.popleft()
-                continue
+        self._expire_due(now)
+        parts = self._queue.take(self._policy)
+        rows = 0
+        for request, start, stop in parts:
+            rows += stop - start
             if start == 0:
-                if request.deadline <= now:
-                    queue.popleft()
-                    self._expire(request)
-                    continue
-                waited = now - request.enqueued
-                self._queue_wait.observe(waited)
-                self.stats.queue_count += 1
-                self.stats.queue_ns += int(waited * 1e9)
-            take = min(left, room)
-            parts.append((request, start, start + take))
-            request.taken = start + take
-            self._queued_rows -= take
-            room -= take
-            if take == left:
-                queue.popleft()
-        if room < self._max_rows:
-            self._queue_gauge.dec(self._max_rows - room)
+                for observer in self._observers:
+                    observer.waited(now - request.enqueued)
+        if rows:
+            for observer in self._observers:
+                observer.dequeued(rows)
         return parts
 
-    async def _execute(self, parts: list[_Part]) -> None:
+    async def _execute(self, parts: list[Part]) -> None:
         """Run one batch and reply; on a runtime error, retry in halves to isolate the culprit."""
         live = [part for part in parts if not part[0].future.done()]
         if not live:
@@ -258,7 +196,7 @@ class Batcher:
         assert loop is not None
         t0 = time.monotonic()
         try:
-            feeds = _concatenate(live)
+            feeds = concatenate(live)
             t1 = time.monotonic()
             outputs = await loop.run_in_executor(self._executor, self._runner, feeds)
             t2 = time.monotonic()
@@ -282,12 +220,12 @@ class Batcher:
             return
         self._reply(live, outputs)
         t3 = time.monotonic()
-        self._account(len(live), rows, t0, t1, t2, t3)
+        for observer in self._observers:
+            observer.ran(rows, len(live), t1 - t0, t2 - t1, t3 - t2)
 
-    def _reply(self, parts: list[_Part], outputs: Tensors) -> None:
+    def _reply(self, parts: list[Part], outputs: Tensors) -> None:
         """Hand each request its slice of the outputs (views; a split request is reassembled)."""
         now = time.monotonic()
-        stats = self.stats
         offset = 0
         for request, start, stop in parts:
             size = stop - start
@@ -302,26 +240,11 @@ class Batcher:
                 request.done_rows += size
                 if request.done_rows < request.n:
                     continue
-                piece = _reassemble(request.pieces)
+                piece = reassemble(request.pieces)
                 request.pieces = []
             request.future.set_result(piece)
-            stats.success_count += 1
-            stats.success_ns += int((now - request.enqueued) * 1e9)
-
-    def _account(self, n_parts: int, rows: int, t0: float, t1: float, t2: float, t3: float) -> None:
-        self._compute.observe(t2 - t1)
-        self._batch_rows.observe(rows)
-        self._batch_requests.observe(n_parts)
-        stats = self.stats
-        stats.execution_count += 1
-        stats.inference_count += rows
-        stats.last_inference_ms = int(time.time() * 1000)
-        stats.compute_input_count += n_parts
-        stats.compute_input_ns += int((t1 - t0) * 1e9) * n_parts
-        stats.compute_infer_count += n_parts
-        stats.compute_infer_ns += int((t2 - t1) * 1e9) * n_parts
-        stats.compute_output_count += n_parts
-        stats.compute_output_ns += int((t3 - t2) * 1e9) * n_parts
+            for observer in self._observers:
+                observer.succeeded(now - request.enqueued)
 
     # -- waiting, failing, expiring --------------------------------------------------------------
 
@@ -342,69 +265,57 @@ class Batcher:
         finally:
             handle.cancel()
 
-    def _head(self) -> _Request | None:
-        """The oldest request with rows still queued (dropped ones are discarded on the way)."""
-        queue = self._queue
-        while queue:
-            request = queue[0]
-            if request.taken < request.n:
-                return request
-            queue.popleft()
-        return None
+    def _drop(self, request: Request) -> None:
+        rows = self._queue.drop(request)
+        if rows:
+            for observer in self._observers:
+                observer.dequeued(rows)
 
-    def _drop(self, request: _Request) -> None:
-        """Take a request's remaining rows out of the count (the deque discards it when reached)."""
-        left = request.n - request.taken
-        if left:
-            self._queued_rows -= left
-            self._queue_gauge.dec(left)
-            request.taken = request.n
-
-    def _fail(self, request: _Request, error: ServingError) -> None:
+    def _fail(self, request: Request, error: ServingError) -> None:
         self._drop(request)
-        if not request.future.done():
-            request.future.set_exception(error)
-            self.stats.fail_count += 1
-            self.stats.fail_ns += int((time.monotonic() - request.enqueued) * 1e9)
-            if isinstance(error, InferenceFailed):
-                log.warning("request of %d rows failed: %s", request.n, error.message)
+        if request.future.done():
+            return
+        request.future.set_exception(error)
+        seconds = time.monotonic() - request.enqueued
+        for observer in self._observers:
+            observer.failed(seconds, error)
+        if isinstance(error, InferenceFailed):
+            log.warning("request of %d rows failed: %s", request.n, error.message)
 
-    def _fail_parts(self, parts: list[_Part], error: ServingError) -> None:
+    def _fail_parts(self, parts: list[Part], error: ServingError) -> None:
         for request, _, _ in parts:
             self._fail(request, error)
 
-    def _expire(self, request: _Request) -> None:
-        self._fail(
-            request,
-            QueueTimeout(f"request waited in the queue longer than {self._timeout_s:g} s"),
-        )
+    def _fail_pending(self) -> None:
+        for request in self._queue.pending():
+            self._fail(request, ShuttingDown("shut down before the request was computed"))
+
+    def _expire_due(self, now: float) -> float | None:
+        """Answer every wholly queued request past its deadline; returns the next deadline."""
+        overdue, following = self._queue.overdue(now)
+        for request in overdue:
+            self._fail(
+                request,
+                QueueTimeout(f"request waited in the queue longer than {self._timeout_s:g} s"),
+            )
+        self._queue.head()  # discard the answered requests at the head
+        return following
 
     def _expire_overdue(self) -> None:
-        """Timer: answer every wholly queued request past its deadline, then re-arm.
-
-        All requests of a version share one timeout, so deadlines follow queue order and one
-        timer, set for the oldest pending deadline, serves the whole queue.
-        """
+        """Timer: expire what is due, then re-arm for the oldest pending deadline (one timer
+        serves the whole queue, as deadlines follow queue order)."""
         self._timer = None
         now = time.monotonic()
-        following: _Request | None = None
-        for request in self._queue:
-            if request.deadline > now:
-                following = request
-                break
-            if request.taken == 0:
-                self._expire(request)
-        self._head()
+        following = self._expire_due(now)
         if following is not None and self._loop is not None:
-            self._timer = self._loop.call_later(following.deadline - now, self._expire_overdue)
+            self._timer = self._loop.call_later(following - now, self._expire_overdue)
 
     # -- shutdown ----------------------------------------------------------------------------------
 
     def abort(self) -> None:
         """Refuse new requests and answer every queued or computing one 503 at once."""
         self._closing = True
-        for request in list(self._queue):
-            self._fail(request, ShuttingDown("shut down before the request was computed"))
+        self._fail_pending()
         for task in self._workers:
             task.cancel()  # a runner answers the requests of its batch (see _worker)
         self._wake()
@@ -416,52 +327,14 @@ class Batcher:
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=timeout_s)
             if pending:
-                for request in list(self._queue):
-                    self._fail(request, ShuttingDown("shut down before the request was computed"))
+                self._fail_pending()
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for request in list(self._queue):  # only dropped ones can be left; settle any stragglers
-            self._fail(request, ShuttingDown("shut down before the request was computed"))
+        self._fail_pending()  # only dropped ones can be left; settle any stragglers
         self._queue.clear()
         if self._own_executor:
             self._executor.shutdown(wait=False)
-
-
-def _row_count(inputs: Mapping[str, np.ndarray]) -> int:
-    n = -1
-    for value in inputs.values():
-        rows = value.shape[0] if value.ndim else 0
-        if n < 0:
-            n = rows
-        elif rows != n:
-            n = 0
-            break
-    if n <= 0:
-        raise InvalidInput(
-            "inputs must have the same, non-zero number of rows; got "
-            + (", ".join(f"'{k}': {list(v.shape)}" for k, v in inputs.items()) or "no inputs")
-        )
-    return n
-
-
-def _concatenate(parts: list[_Part]) -> Tensors:
-    if len(parts) == 1:
-        request, start, stop = parts[0]
-        if start == 0 and stop == request.n:
-            return dict(request.inputs)
-        return {name: value[start:stop] for name, value in request.inputs.items()}
-    names = parts[0][0].inputs.keys()
-    return {
-        name: np.concatenate([request.inputs[name][start:stop] for request, start, stop in parts])
-        for name in names
-    }
-
-
-def _reassemble(pieces: list[tuple[int, Tensors]]) -> Tensors:
-    pieces.sort(key=lambda piece: piece[0])
-    names = pieces[0][1].keys()
-    return {name: np.concatenate([piece[name] for _, piece in pieces]) for name in names}

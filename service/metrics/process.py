@@ -43,16 +43,12 @@ class ProcStat:
     def parse(cls, text: bytes) -> ProcStat:
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = text.rsplit(b")", 1)[1].split()
-        return cls(
-            ppid=int(fields[1]),
-            utime=int(fields[11]),
-            stime=int(fields[12]),
-            cutime=int(fields[13]),
-            cstime=int(fields[14]),
-            start_ticks=int(fields[19]),
-            vsize=int(fields[20]),
-            rss_pages=int(fields[21]),
-        )
+        return cls(*(int(fields[index]) for index in _STAT_INDICES))
+
+
+# Where ProcStat's fields sit in /proc/<pid>/stat after the command name (proc(5), counted from
+# 0), in the order the fields are declared.
+_STAT_INDICES = (1, 11, 12, 13, 14, 19, 20, 21)
 
 
 class ProcessTreeCollector(Collector):

@@ -1,62 +1,94 @@
 """Per-version counters in the shape of Triton's statistics extension (``GET .../stats``).
 
-Counted on the event loop by the batcher; durations in nanoseconds. As in Triton, each request
-of a batch is charged the batch's whole compute time.
+A :class:`VersionStats` observes its version's batcher (it implements
+:class:`service.batching.observer.BatchObserver` structurally) and counts on the event loop;
+durations in nanoseconds. As in Triton, each request of a batch is charged the batch's whole
+compute time.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
+from service.errors import ServingError
 
+# Triton's (count, ns) pairs, each kept as the fields <key>_count and <key>_ns.
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(slots=True)
 class VersionStats:
     """Cumulative counters of one served model version."""
 
-    __slots__ = (
-        "compute_infer_count",
-        "compute_infer_ns",
-        "compute_input_count",
-        "compute_input_ns",
-        "compute_output_count",
-        "compute_output_ns",
-        "execution_count",
-        "fail_count",
-        "fail_ns",
-        "inference_count",
-        "last_inference_ms",
-        "name",
-        "queue_count",
-        "queue_ns",
-        "success_count",
-        "success_ns",
-        "version",
-    )
+    name: str
+    version: str
+    inference_count: int = 0  # rows computed
+    execution_count: int = 0  # ONNX Runtime runs
+    last_inference_ms: int = 0  # wall clock, ms since the epoch
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0  # refused with a full queue, timed out, failed or shut down
+    fail_ns: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_input_count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_count: int = 0
+    compute_infer_ns: int = 0
+    compute_output_count: int = 0
+    compute_output_ns: int = 0
 
-    def __init__(self, name: str, version: str) -> None:
-        self.name = name
-        self.version = version
-        self.inference_count = 0  # rows computed
-        self.execution_count = 0  # ONNX Runtime runs
-        self.last_inference_ms = 0  # wall clock, ms since the epoch
-        self.success_count = 0
-        self.success_ns = 0
-        self.fail_count = 0
-        self.fail_ns = 0
-        self.queue_count = 0
-        self.queue_ns = 0
-        self.compute_input_count = 0
-        self.compute_input_ns = 0
-        self.compute_infer_count = 0
-        self.compute_infer_ns = 0
-        self.compute_output_count = 0
-        self.compute_output_ns = 0
+    # -- observing the batcher ---------------------------------------------------------------------
+
+    def rejected(self, rows: int) -> None:
+        self.fail_count += 1  # refused at once: no time spent
+
+    def waited(self, seconds: float) -> None:
+        self.queue_count += 1
+        self.queue_ns += int(seconds * 1e9)
+
+    def ran(
+        self, rows: int, requests: int, input_s: float, compute_s: float, output_s: float
+    ) -> None:
+        self.execution_count += 1
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+        self.compute_input_count += requests
+        self.compute_input_ns += int(input_s * 1e9) * requests
+        self.compute_infer_count += requests
+        self.compute_infer_ns += int(compute_s * 1e9) * requests
+        self.compute_output_count += requests
+        self.compute_output_ns += int(output_s * 1e9) * requests
+
+    def succeeded(self, seconds: float) -> None:
+        self.success_count += 1
+        self.success_ns += int(seconds * 1e9)
+
+    def failed(self, seconds: float, error: ServingError) -> None:
+        self.fail_count += 1
+        self.fail_ns += int(seconds * 1e9)
+
+    # The queue's depth and capacity are the metrics' concern.
+
+    def opened(self, capacity_rows: int) -> None:
+        pass
+
+    def queued(self, rows: int) -> None:
+        pass
+
+    def dequeued(self, rows: int) -> None:
+        pass
+
+    # -- exposition --------------------------------------------------------------------------------
 
     def to_triton(self) -> dict[str, Any]:
         """One entry of Triton's ``model_stats`` list."""
-
-        def pair(count: int, ns: int) -> dict[str, int]:
-            return {"count": count, "ns": ns}
-
+        durations = {
+            key: {"count": getattr(self, f"{key}_count"), "ns": getattr(self, f"{key}_ns")}
+            for key in _DURATIONS
+        }
         return {
             "name": self.name,
             "version": self.version,
@@ -64,14 +96,9 @@ class VersionStats:
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
             "inference_stats": {
-                "success": pair(self.success_count, self.success_ns),
-                "fail": pair(self.fail_count, self.fail_ns),
-                "queue": pair(self.queue_count, self.queue_ns),
-                "compute_input": pair(self.compute_input_count, self.compute_input_ns),
-                "compute_infer": pair(self.compute_infer_count, self.compute_infer_ns),
-                "compute_output": pair(self.compute_output_count, self.compute_output_ns),
-                "cache_hit": pair(0, 0),
-                "cache_miss": pair(0, 0),
+                **durations,
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
             },
             "batch_stats": [],
         }
