@@ -1,4 +1,5 @@
-"""ONNX Runtime wrapper: provider probe, contract check, warmup, runs."""
+"""The runtime room: provider probe and choice, the graph checked against a signature, warmup from
+the signature, runs (plain, bound, padded)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from modelrepo import InputSpec, OutputSpec, Role, Signature, Source, two_id_signature
 from service.errors import ModelLoadError
+from service.runtime import provider as runtime_provider
 from service.runtime import session as runtime
-from service.runtime.session import (
-    CPU,
-    CUDA,
-    Runtime,
-    TensorSpec,
-    check_contract,
-    choose_provider,
-    probe_gpu,
-)
+from service.runtime.conformance import check_graph, signature_specs
+from service.runtime.provider import CPU, CUDA, ProviderChoice, choose_provider, probe_gpu
+from service.runtime.session import Runtime, TensorSpec
+from service.runtime.warmup import feeds, warm_up
 from tests.factories import random_params, reference_scores
 from training.export import build_graph
 
 
 @pytest.fixture(autouse=True)
 def _fresh_probe() -> Iterator[None]:
-    runtime._probe_cached.cache_clear()
+    runtime_provider._probe_cached.cache_clear()
     yield
-    runtime._probe_cached.cache_clear()
+    runtime_provider._probe_cached.cache_clear()
 
 
 def model_bytes(n_users: int = 6, n_items: int = 5, seed: int = 0) -> tuple[bytes, Any]:
@@ -57,12 +56,12 @@ def test_cpu_preference_does_not_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(_: int) -> tuple[bool, str]:
         raise AssertionError("probed")
 
-    monkeypatch.setattr(runtime, "probe_gpu", fail)
+    monkeypatch.setattr(runtime_provider, "probe_gpu", fail)
     assert choose_provider("cpu").provider == CPU
 
 
 def test_probe_without_cuda_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     assert probe_gpu() == (False, "this onnxruntime build has no CUDA provider")
 
 
@@ -91,7 +90,7 @@ class FakeLibCuda:
 def test_probe_asks_the_driver(
     monkeypatch: pytest.MonkeyPatch, lib: FakeLibCuda | None, expected: bool, reason: str
 ) -> None:
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
 
     def cdll(name: str) -> FakeLibCuda:
         if lib is None:
@@ -109,57 +108,95 @@ def test_probe_asks_the_driver(
 
 
 def test_cuda_preference_without_a_gpu_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "probe_gpu", lambda _: (False, "no GPU here"))
+    monkeypatch.setattr(runtime_provider, "probe_gpu", lambda _: (False, "no GPU here"))
     with pytest.raises(ModelLoadError, match="no GPU here"):
         choose_provider("cuda")
-    assert choose_provider("auto") == runtime.ProviderChoice(CPU, "provider 'auto': no GPU here")
+    assert choose_provider("auto") == ProviderChoice(CPU, "provider 'auto': no GPU here")
 
 
-def test_specs_and_contract_of_an_exported_model() -> None:
+TWO_IDS = two_id_signature(6, 5)
+
+
+def test_specs_of_an_exported_model_fit_the_two_id_signature() -> None:
     session = Runtime(model_bytes()[0])
     assert session.inputs == (
         TensorSpec("user", "INT64", (-1,)),
         TensorSpec("item", "INT64", (-1,)),
     )
     assert session.outputs == (TensorSpec("score", "FP32", (-1,)),)
-    check_contract(session.inputs, session.outputs)
+    assert signature_specs(TWO_IDS) == (session.inputs, session.outputs)
+    check_graph(TWO_IDS, session.inputs, session.outputs)
+
+
+USER, ITEM = TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,))
+SCORE = TensorSpec("score", "FP32", (-1,))
 
 
 @pytest.mark.parametrize(
     ("inputs", "outputs", "reason"),
     [
         (
-            [TensorSpec("user", "INT64", (-1,)), TensorSpec("product", "INT64", (-1,))],
-            [TensorSpec("score", "FP32", (-1,))],
-            "do not match the contract",
+            [USER, TensorSpec("product", "INT64", (-1,))],
+            [SCORE],
+            r"model inputs \['product', 'user'\] do not match the contract \['item', 'user'\]",
         ),
+        ([USER], [SCORE], "do not match the contract"),
+        ([USER, ITEM, TensorSpec("extra", "FP32", (-1,))], [SCORE], "do not match the contract"),
+        ([USER, TensorSpec("item", "INT32", (-1,))], [SCORE], "input 'item' has datatype INT32"),
         (
-            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT32", (-1,))],
-            [TensorSpec("score", "FP32", (-1,))],
-            "input 'item' has datatype INT32",
+            [USER, TensorSpec("item", "INT64", (-1, 1))],
+            [SCORE],
+            r"input 'item' has shape \[-1, 1\], expected \[-1\]",
         ),
-        (
-            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1, 1))],
-            [TensorSpec("score", "FP32", (-1,))],
-            "input 'item' has shape",
-        ),
-        (
-            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,))],
-            [TensorSpec("prob", "FP32", (-1,))],
-            "no output",
-        ),
-        (
-            [TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,))],
-            [TensorSpec("score", "FP32", (-1, 1))],
-            "output 'score' has shape",
-        ),
+        ([USER, TensorSpec("item", "INT64", (8,))], [SCORE], "input 'item' has shape"),
+        ([USER, ITEM], [TensorSpec("prob", "FP32", (-1,))], r"no output \['score'\]"),
+        ([USER, ITEM], [TensorSpec("score", "FP32", (-1, 1))], "output 'score' has shape"),
+        ([USER, ITEM], [TensorSpec("score", "FP64", (-1,))], "output 'score' has datatype FP64"),
     ],
 )
-def test_contract_violations(
+def test_graphs_that_do_not_fit_the_signature(
     inputs: list[TensorSpec], outputs: list[TensorSpec], reason: str
 ) -> None:
     with pytest.raises(ModelLoadError, match=reason):
-        check_contract(inputs, outputs)
+        check_graph(TWO_IDS, inputs, outputs)
+
+
+SIDE = Signature(
+    inputs=(
+        InputSpec(
+            name="user", role=Role.ID, source=Source.USER, dtype="INT64", shape=(-1,), n_rows=7,
+            vocabulary="users.txt",
+        ),
+        InputSpec(
+            name="features", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 3)
+        ),
+        InputSpec(
+            name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="FP32",
+            shape=(-1, 4), n_rows=4,
+        ),
+    ),
+    outputs=(OutputSpec(name="score", dtype="FP32", shape=(-1,)),),
+    score="score",
+)  # fmt: skip
+
+
+def test_a_wider_signature_is_checked_dimension_by_dimension() -> None:
+    features = TensorSpec("features", "FP32", (-1, 3))
+    genres = TensorSpec("genres", "FP32", (-1, -1))  # a dynamic width fits any declared one
+    check_graph(SIDE, [USER, features, genres], [SCORE, TensorSpec("extra", "FP32", (-1,))])
+    narrow = TensorSpec("features", "FP32", (-1, 2))
+    with pytest.raises(ModelLoadError, match=r"'features' has shape \[-1, 2\], expected \[-1, 3\]"):
+        check_graph(SIDE, [USER, narrow, genres], [SCORE])
+
+
+def test_warmup_feeds_follow_the_signature() -> None:
+    edge = feeds(SIDE, np.array([0, -1]))
+    assert edge["user"].tolist() == [0, 6] and edge["user"].dtype == np.int64
+    assert edge["features"].shape == (2, 3) and edge["genres"].shape == (2, 4)
+    assert edge["features"].dtype == np.float32 and not edge["genres"].any()
+    batch = feeds(SIDE, np.arange(10))
+    assert batch["user"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]
+    assert batch["features"].shape == (10, 3)
 
 
 def test_renamed_graph_input_fails_the_contract() -> None:
@@ -169,7 +206,7 @@ def test_renamed_graph_input_fails_the_contract() -> None:
         node.input[:] = ["product" if name == "item" else name for name in node.input]
     session = Runtime(model.SerializeToString())
     with pytest.raises(ModelLoadError, match="do not match the contract"):
-        check_contract(session.inputs, session.outputs)
+        check_graph(two_id_signature(4, 4), session.inputs, session.outputs)
 
 
 def test_unloadable_bytes() -> None:
@@ -181,9 +218,9 @@ def test_unloadable_bytes() -> None:
 
 def test_warmup_checks_every_table_holds_the_rows_claimed() -> None:
     session = Runtime(model_bytes(n_users=6, n_items=5)[0])
-    session.warmup([1, 64], {"user": 6, "item": 5})
-    with pytest.raises(ModelLoadError, match="tables do not hold the rows"):
-        session.warmup([1], {"user": 6, "item": 9})
+    warm_up(session, TWO_IDS, [1, 64])
+    with pytest.raises(ModelLoadError, match=r"tables do not hold .*\(last rows: user 5, item 8\)"):
+        warm_up(session, two_id_signature(6, 9), [1])
 
 
 def test_failed_run_raises_without_logging(capfd: pytest.CaptureFixture[str]) -> None:
@@ -250,6 +287,6 @@ def test_padded_warmup_runs_every_bucket_up_to_the_largest_batch() -> None:
     session = Runtime(model_bytes(n_users=6, n_items=5)[0], pad_rows=True)
     recorder = ShapeRecorder(session._session)
     session._session = recorder
-    session.warmup([1], {"user": 6, "item": 5}, largest=300)
+    warm_up(session, TWO_IDS, [1], largest=300)
     assert {64, 128, 256, 512} <= set(recorder.rows)
     assert all(rows & (rows - 1) == 0 and rows >= 64 for rows in recorder.rows)

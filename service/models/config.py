@@ -10,15 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.errors import ModelLoadError
+from modelrepo import CONFIG_FILE
+from service.errors import ModelLoadError, describe_problems
 from service.settings import BatchingSettings, Provider, Settings
 
-CONFIG_FILE = "config.json"
 DEFAULT_WARMUP_BATCH_SIZES = (1, 64, 1024)
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+Positive = Annotated[int, AfterValidator(_positive)]
 
 
 class _Strict(BaseModel):
@@ -34,13 +43,7 @@ class AllPolicy(_Strict):
 
 
 class SpecificPolicy(_Strict):
-    versions: tuple[int, ...] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _positive(self) -> SpecificPolicy:
-        if any(v < 1 for v in self.versions):
-            raise ValueError("versions must be positive integers")
-        return self
+    versions: tuple[Positive, ...] = Field(min_length=1)
 
 
 class VersionPolicy(_Strict):
@@ -98,13 +101,7 @@ class ExecutionConfig(_Strict):
 class WarmupConfig(_Strict):
     """Batch sizes run once at load, before the version takes requests; empty disables warmup."""
 
-    batch_sizes: tuple[int, ...] = DEFAULT_WARMUP_BATCH_SIZES
-
-    @model_validator(mode="after")
-    def _positive(self) -> WarmupConfig:
-        if any(b < 1 for b in self.batch_sizes):
-            raise ValueError("warmup batch sizes must be positive")
-        return self
+    batch_sizes: tuple[Positive, ...] = DEFAULT_WARMUP_BATCH_SIZES
 
 
 class ModelConfig(_Strict):
@@ -159,10 +156,7 @@ def parse_model_config(text: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_problems(exc.errors(), whole="<root>")
         raise ModelLoadError(f"invalid {CONFIG_FILE}: {problems}") from None
 
 

@@ -1,17 +1,15 @@
-"""ONNX Runtime for one model version: provider choice, session, contract check, warmup, run.
+"""An ONNX Runtime session of one model version: load, run (bound and padded on the GPU), close.
 
-``onnxruntime-gpu`` lists the CUDA provider even where there is no GPU, and asking for it there
-logs a loud error; :func:`probe_gpu` therefore asks the CUDA driver itself (through ``ctypes``)
-whether a device exists before CUDA is ever requested.
+The provider is chosen in :mod:`service.runtime.provider`, the graph is checked against the
+version's signature in :mod:`service.runtime.conformance` and warmed up in
+:mod:`service.runtime.warmup`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import logging
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +17,19 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import ModelLoadError
-from service.settings import Provider
+from service.runtime.provider import CPU, CUDA
 
-log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-# The serving contract (design.md §3): two int64 row vectors in, one float32 score vector out.
-CONTRACT_INPUTS = {"user": "INT64", "item": "INT64"}
-CONTRACT_OUTPUTS = {"score": "FP32"}
+__all__ = [
+    "CPU",
+    "CUDA",
+    "KSERVE_TO_NUMPY",
+    "ORT_TO_KSERVE",
+    "Runtime",
+    "TensorSpec",
+    "bucket_rows",
+    "bucket_sizes",
+    "live_sessions",
+]
 
 # ONNX Runtime's tensor type names -> KServe V2 datatypes.
 ORT_TO_KSERVE = {
@@ -83,49 +84,6 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-@dataclass(frozen=True)
-class ProviderChoice:
-    provider: str
-    reason: str
-
-
-def probe_gpu(device_id: int = 0) -> tuple[bool, str]:
-    """Whether GPU ``device_id`` is usable, and why, asking the driver rather than ONNX Runtime."""
-    if CUDA not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider"
-    try:
-        libcuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False, "no NVIDIA driver (libcuda.so.1 not found)"
-    status = libcuda.cuInit(0)
-    if status != 0:
-        return False, f"the CUDA driver found no usable GPU (cuInit returned {status})"
-    count = ctypes.c_int(0)
-    status = libcuda.cuDeviceGetCount(ctypes.byref(count))
-    if status != 0 or count.value == 0:
-        return False, "the CUDA driver reports no GPU"
-    if device_id >= count.value:
-        return False, f"GPU {device_id} requested but only {count.value} present"
-    return True, f"{count.value} GPU(s) found, using GPU {device_id}"
-
-
-@functools.cache
-def _probe_cached(device_id: int) -> tuple[bool, str]:
-    return probe_gpu(device_id)
-
-
-def choose_provider(preference: Provider, device_id: int = 0) -> ProviderChoice:
-    """``auto``: CUDA only where a GPU is present; ``cuda``: CUDA or an error; ``cpu``: CPU."""
-    if preference == "cpu":
-        return ProviderChoice(CPU, "provider 'cpu' configured")
-    has_gpu, why = _probe_cached(device_id)
-    if has_gpu:
-        return ProviderChoice(CUDA, f"provider '{preference}': {why}")
-    if preference == "cuda":
-        raise ModelLoadError(f"provider 'cuda' configured but not usable: {why}")
-    return ProviderChoice(CPU, f"provider 'auto': {why}")
-
-
 @functools.cache
 def _preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries of the pip-installed NVIDIA wheels, once."""
@@ -149,34 +107,6 @@ def _spec(node: Any) -> TensorSpec:
     datatype = ORT_TO_KSERVE.get(node.type, node.type)
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
     return TensorSpec(node.name, datatype, shape)
-
-
-def check_contract(inputs: Iterable[TensorSpec], outputs: Iterable[TensorSpec]) -> None:
-    """Raise :class:`ModelLoadError` unless the graph has the contract's inputs and outputs."""
-    got_in = {s.name: s for s in inputs}
-    got_out = {s.name: s for s in outputs}
-    if set(got_in) != set(CONTRACT_INPUTS):
-        raise ModelLoadError(
-            f"model inputs {sorted(got_in)} do not match the contract {sorted(CONTRACT_INPUTS)}"
-        )
-    missing = sorted(set(CONTRACT_OUTPUTS) - set(got_out))
-    if missing:
-        raise ModelLoadError(f"model has no output {missing} (outputs: {sorted(got_out)})")
-    _check_specs("input", got_in, CONTRACT_INPUTS)
-    _check_specs("output", got_out, CONTRACT_OUTPUTS)
-
-
-def _check_specs(kind: str, specs: Mapping[str, TensorSpec], contract: Mapping[str, str]) -> None:
-    for name, datatype in contract.items():
-        spec = specs[name]
-        if spec.datatype != datatype:
-            raise ModelLoadError(
-                f"model {kind} '{name}' has datatype {spec.datatype}, expected {datatype}"
-            )
-        if len(spec.shape) != 1:
-            raise ModelLoadError(
-                f"model {kind} '{name}' has shape {list(spec.shape)}, expected [-1]"
-            )
 
 
 class Runtime:
@@ -218,8 +148,8 @@ class Runtime:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of one batch, one row per input row.
 
-        With ``pad_rows`` the batch is padded with row 0 (the unknown-id row) up to
-        :func:`bucket_rows`, so that the session sees a few shapes again and again, and the
+        With ``pad_rows`` the batch is padded with zeros (row 0, the unknown row, for an id input)
+        up to :func:`bucket_rows`, so that the session sees a few shapes again and again, and the
         outputs are cut back to the batch's rows.
         """
         n = _rows(feeds)
@@ -246,58 +176,6 @@ class Runtime:
             binding.bind_output(name, device, device_id)
         self._session.run_with_iobinding(binding, self._run_options)
         return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
-
-    def warmup(
-        self,
-        batch_sizes: Iterable[int],
-        n_rows: Mapping[str, int],
-        *,
-        between: Callable[[], None] | None = None,
-        largest: int = 0,
-    ) -> None:
-        """Run the first and last row of every table, then each batch size once.
-
-        The last-row run proves each embedding table holds as many rows as the metadata claims.
-        A last run of ``largest`` rows (the largest batch the version will run) grows the
-        session's memory arena to its full size now, so that resident memory stays level under
-        load instead of stepping up with the first large batch. ``between`` is called before each
-        batch-size run (it may raise to stop the warmup).
-        """
-        edges = {name: np.array([0, rows - 1], dtype=np.int64) for name, rows in n_rows.items()}
-        try:
-            self.run(edges)
-        except Exception as exc:
-            last = ", ".join(f"{name} {rows - 1}" for name, rows in n_rows.items())
-            raise ModelLoadError(
-                f"the model's tables do not hold the rows its metadata claims "
-                f"(last rows: {last}): {exc}"
-            ) from None
-        sizes = list(batch_sizes)
-        if self.pad_rows:  # every shape a batch can be padded to, so none is first seen under load
-            sizes += bucket_sizes(max([*sizes, largest, 1]))
-        for size in sizes:
-            if between is not None:
-                between()
-            feeds = {name: np.arange(size, dtype=np.int64) % rows for name, rows in n_rows.items()}
-            try:
-                results = self.run(feeds)
-            except Exception as exc:
-                raise ModelLoadError(f"warmup run of {size} rows failed: {exc}") from None
-            for name, value in results.items():
-                if value.shape[:1] != (size,):
-                    raise ModelLoadError(
-                        f"warmup: output '{name}' has shape {list(value.shape)} for {size} rows"
-                    )
-        if largest > 0:
-            if between is not None:
-                between()
-            unknown = np.zeros(largest, dtype=np.int64)  # row 0 of every table
-            try:
-                self.run({name: unknown for name in n_rows})
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"a batch of {largest} rows (max_batch_rows) failed: {exc}"
-                ) from None
 
     def close(self) -> None:
         """Release the session (its memory goes once no run still holds it)."""
@@ -329,7 +207,7 @@ def _rows(feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def _pad(value: np.ndarray, rows: int) -> np.ndarray:
-    """``value`` followed by zero rows up to ``rows`` (row 0 of a table is the unknown-id row)."""
+    """``value`` followed by zero rows up to ``rows`` (row 0 of a table is the unknown row)."""
     padded = np.zeros((rows, *value.shape[1:]), dtype=value.dtype)
     padded[: value.shape[0]] = value
     return padded

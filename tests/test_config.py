@@ -74,9 +74,9 @@ def test_overrides_replace_only_what_they_name(tmp_path: Path) -> None:
         ('{"batching": {"max_batch_row": 5}}', r"batching\.max_batch_row"),
         ('{"batching": {"max_batch_rows": 0}}', r"batching\.max_batch_rows"),
         ('{"version_policy": {"all": {}, "latest": {}}}', "one version policy"),
-        ('{"version_policy": {"specific": {"versions": [0]}}}', "positive"),
+        ('{"version_policy": {"specific": {"versions": [0]}}}', r"versions\.0: .*positive"),
         ('{"execution": {"provider": "tpu"}}', r"execution\.provider"),
-        ('{"warmup": {"batch_sizes": [0]}}', "positive"),
+        ('{"warmup": {"batch_sizes": [8, 0]}}', r"batch_sizes\.1: .*positive"),
     ],
 )
 def test_invalid_config_gives_a_reason(text: str, reason: str) -> None:

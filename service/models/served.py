@@ -1,0 +1,181 @@
+"""One served model version, its data plane: check inputs against the signature, look up ids, queue.
+
+Every request is checked before it is queued, so that a malformed one is answered 400 alone
+instead of failing the batch it would have joined. The checks follow each input's role: an id
+input takes integers ``[-1]`` (a ``[-1, 1]`` column too) within its table's rows; a dense or
+multi-hot input takes floats ``[-1, width]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
+
+import numpy as np
+
+from modelrepo import InputSpec, Manifest, Role, Signature, Vocabulary
+from service.batching.batcher import Batcher
+from service.errors import InvalidInput
+from service.metrics.batch import BatchMetrics
+from service.metrics.families import Metrics
+from service.metrics.stats import VersionStats
+from service.models.config import EffectiveConfig
+from service.models.loader import PreparedVersion
+from service.runtime.conformance import signature_specs
+from service.runtime.session import KSERVE_TO_NUMPY
+
+Convert = Callable[[InputSpec, np.ndarray], np.ndarray]
+
+
+class ServedVersion:
+    """One version taking requests: its signature, vocabularies, config, statistics and batcher."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        prepared: PreparedVersion,
+        config: EffectiveConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = prepared.stored.path
+        self.manifest: Manifest = prepared.stored.manifest
+        self.signature: Signature = self.manifest.signature
+        self.config = config
+        self.provider = prepared.runtime.provider
+        self.stats = VersionStats(name, str(version))
+        self.inputs, self.outputs = signature_specs(self.signature)
+        self.replaced_by: ServedVersion | None = None  # set when reloaded in place
+        self._runtime = prepared.runtime
+        self._metrics = metrics
+        self._vocabularies = {
+            spec.name: prepared.stored.vocabulary(spec)
+            for spec in self.signature.inputs
+            if spec.vocabulary is not None
+        }
+        self._batcher = Batcher(
+            prepared.runtime.run,
+            config.batching,
+            observers=(self.stats, BatchMetrics(metrics, name, str(version))),
+            name=f"{name}-{version}",
+        )
+        self._names = frozenset(spec.name for spec in self.signature.inputs)
+        self._checks: tuple[tuple[InputSpec, Convert, int], ...] = tuple(
+            (spec, _as_rows if spec.role is Role.ID else _as_features, _row_limit(spec))
+            for spec in self.signature.inputs
+        )
+        self._empty = {
+            spec.name: np.empty((0, *spec.shape[1:]), dtype=_numpy_type(spec.datatype))
+            for spec in self.outputs
+        }
+
+    @property
+    def queued_rows(self) -> int:
+        return self._batcher.queued_rows
+
+    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check every input against the signature, then queue them; returns the outputs."""
+        feeds, n = self._validate(inputs)
+        if n == 0:
+            return dict(self._empty)
+        if self._batcher.closing and self.replaced_by is not None:
+            return await self.replaced_by.infer(feeds)
+        return await self._batcher.submit(feeds)
+
+    def _validate(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        names = self._names
+        if len(inputs) != len(names) or any(name not in names for name in inputs):
+            missing = [spec.name for spec in self.signature.inputs if spec.name not in inputs]
+            unexpected = [name for name in inputs if name not in names]
+            raise InvalidInput(
+                f"model '{self.name}' takes inputs {sorted(names)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {unexpected}" if unexpected else "")
+            )
+        feeds: dict[str, np.ndarray] = {}
+        n = -1
+        for spec, convert, limit in self._checks:
+            value = convert(spec, inputs[spec.name])
+            if n < 0:
+                n = value.shape[0]
+            elif value.shape[0] != n:
+                raise InvalidInput(
+                    f"inputs must have the same number of rows; '{spec.name}' has "
+                    f"{value.shape[0]}, expected {n}"
+                )
+            if limit and n and (value.min() < 0 or value.max() >= limit):
+                at = int(np.flatnonzero((value < 0) | (value >= limit))[0])
+                raise InvalidInput(
+                    f"input '{spec.name}' value {int(value[at])} at index {at} is out of range "
+                    f"[0, {limit}) for model '{self.name}' version {self.version}"
+                )
+            feeds[spec.name] = value
+        return feeds, n
+
+    def vocabulary(self, spec: InputSpec) -> Vocabulary:
+        """The vocabulary an id input of this version's signature is bound to."""
+        return self._vocabularies[spec.name]
+
+    def rows(self, spec: InputSpec, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Rows of raw ids for ``spec`` and the unknown ones (served from row 0; counted)."""
+        rows, unknown = self._vocabularies[spec.name].rows(ids)
+        if unknown:
+            labels = (self.name, str(self.version), spec.source.value)
+            self._metrics.unknown_ids.labels(*labels).inc(len(unknown))
+        return rows, unknown
+
+    async def close(self, grace_s: float) -> None:
+        """Finish queued requests (within ``grace_s``), then release the session."""
+        await self._batcher.drain(grace_s)
+        self._runtime.close()
+
+    def abort(self) -> None:
+        """Refuse new requests and answer every queued or computing one 503 at once."""
+        self._batcher.abort()
+
+
+def _numpy_type(datatype: str) -> type[np.generic]:
+    return KSERVE_TO_NUMPY.get(datatype, np.float32)
+
+
+def _row_limit(spec: InputSpec) -> int:
+    """The rows of an id input's table (values must lie in ``[0, n_rows)``); 0: no range."""
+    return (spec.n_rows or 0) if spec.role is Role.ID else 0
+
+
+def _as_rows(spec: InputSpec, value: np.ndarray) -> np.ndarray:
+    """An id input as int64 ``[-1]``; other integer types are converted, a column flattened."""
+    if value.dtype != np.int64:
+        if value.dtype.kind not in "iu":
+            _refuse_datatype(spec, value)
+        value = value.astype(np.int64)
+    if value.ndim != 1:
+        if value.ndim == 2 and value.shape[1] == 1:
+            return value.reshape(-1)
+        _refuse_shape(spec, value)
+    return value
+
+
+def _as_features(spec: InputSpec, value: np.ndarray) -> np.ndarray:
+    """A dense or multi-hot input as float32 ``[-1, width]``; other float types are converted."""
+    if value.dtype != np.float32:
+        if value.dtype.kind != "f":
+            _refuse_datatype(spec, value)
+        value = value.astype(np.float32)
+    if value.ndim != 2 or value.shape[1] != spec.width:
+        _refuse_shape(spec, value)
+    return value
+
+
+def _refuse_datatype(spec: InputSpec, value: np.ndarray) -> NoReturn:
+    raise InvalidInput(
+        f"input '{spec.name}' has datatype {value.dtype.name}; expected {spec.dtype}"
+    )
+
+
+def _refuse_shape(spec: InputSpec, value: np.ndarray) -> NoReturn:
+    raise InvalidInput(
+        f"input '{spec.name}' has shape {list(value.shape)}; expected {list(spec.shape)}"
+    )
