@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
+from service.errors import describe_problems
 from service.settings import BatchingSettings, Settings
 
 _SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
@@ -97,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        parser.error(f"invalid settings: {problems}")
+        parser.error(f"invalid settings: {describe_problems(exc.errors())}")
     from service.server import serve
 
     return serve(settings)

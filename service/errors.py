@@ -6,7 +6,8 @@ internal 500. Every error response has the body ``{"error": "<message>"}``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 
 class ServingError(Exception):
@@ -81,3 +82,20 @@ class InferenceFailed(ServingError):
 
 class ModelLoadError(Exception):
     """A version could not be loaded; the reason is shown in the repository index."""
+
+
+def describe_problems(
+    errors: Iterable[Mapping[str, Any]], *, limit: int | None = None, whole: str = ""
+) -> str:
+    """Validation errors (pydantic's or FastAPI's ``.errors()``) as one line, each naming its field:
+    ``k: Input should be less than or equal to 1000; user_id: Field required``.
+
+    The one wording of every refusal that comes from validation (request bodies, path and query
+    parameters, settings); ``whole`` names an error about the whole document, ``limit`` keeps the
+    line short when a document has many.
+    """
+    problems = []
+    for error in list(errors)[:limit]:
+        field = ".".join(str(part) for part in error.get("loc", ())) or whole
+        problems.append(f"{field}: {error.get('msg', '')}")
+    return "; ".join(problems)

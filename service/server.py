@@ -2,7 +2,7 @@
 
 On SIGTERM (or a first Ctrl-C) each worker turns readiness false at once and refuses new
 inference requests with 503, lets the requests it accepted finish within
-``settings.shutdown_grace_s``, then stops listening, shuts the model manager down and exits 0.
+``settings.shutdown_grace_s``, then stops listening, shuts the model reconciler down and exits 0.
 Requests still queued as the grace period ends are answered 503 rather than dropped, and a model
 load in progress (also one at startup) is abandoned at its next step.
 With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
@@ -37,7 +37,7 @@ from service.metrics.families import Metrics
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.models.manager import ModelManager
+    from service.models.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.grace_s = grace_s
-        self.manager: ModelManager | None = None  # set by the app's manager factory
+        self.reconciler: Reconciler | None = None  # set by the app's reconciler factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -121,8 +121,8 @@ class GracefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # The signal is not recorded for re-raising (uvicorn's default), so the exit status is 0.
-        if self.manager is not None:
-            self.manager.stop_loading()  # a load in progress (at startup too) is abandoned
+        if self.reconciler is not None:
+            self.reconciler.stop_loading()  # a load in progress (at startup too) is abandoned
         if not self.started and not self.should_exit:
             logger.info("received %s while starting: stopping", signal.Signals(sig).name)
         if self._loop is None or not self.started or self.lifecycle.draining:
@@ -147,8 +147,8 @@ class GracefulServer(uvicorn.Server):
                 "grace period over with %d request(s) in flight; answering 503 to those queued",
                 self.lifecycle.inflight,
             )
-            if self.manager is not None:
-                self.manager.abort()
+            if self.reconciler is not None:
+                self.reconciler.abort()
             await self.lifecycle.wait_idle(max(0.0, deadline - time.monotonic()))
         self.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())  # type: ignore[assignment]
         self.should_exit = True
@@ -160,17 +160,17 @@ def _serve_app(
     supervisor_pid: int | None = None,
 ) -> int:
     from service.app import create_app
-    from service.models.manager import ModelManager
+    from service.models.reconciler import Reconciler
 
     server: GracefulServer | None = None
 
-    def build_manager(settings: Settings, metrics: Metrics) -> ModelManager:
-        manager = ModelManager(settings, metrics)
+    def build_reconciler(settings: Settings, metrics: Metrics) -> Reconciler:
+        reconciler = Reconciler(settings, metrics)
         assert server is not None
-        server.manager = manager
-        return manager
+        server.reconciler = reconciler
+        return reconciler
 
-    app = create_app(settings, manager_factory=build_manager, supervisor_pid=supervisor_pid)
+    app = create_app(settings, reconciler_factory=build_reconciler, supervisor_pid=supervisor_pid)
     state: AppState = getattr(app.state, STATE_KEY)
     server = GracefulServer(
         uvicorn_config(settings, app), state.lifecycle, settings.shutdown_grace_s

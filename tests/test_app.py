@@ -1,21 +1,21 @@
-"""The app in-process over a stand-in manager: routing, error mapping, auth, limits, metrics."""
+"""The app in-process over a stand-in reconciler: routing, error mapping, auth, limits, metrics,
+the endpoint table, and what /v1 reads from a version's signature."""
 
 from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 import service.app
-from service.app import app_from_env, create_app
+from modelrepo import InputSpec, Role, Signature, Source, two_id_signature
+from service.app import app_from_env
+from service.endpoints import ENDPOINTS, build_routes
 from service.errors import (
     InferenceFailed,
     InvalidInput,
@@ -26,239 +26,112 @@ from service.errors import (
     ServingError,
 )
 from service.http.state import STATE_KEY, AppState
-from service.metrics.families import Metrics
-from service.metrics.stats import VersionStats
-from service.models.config import ModelConfig, resolve
-from service.models.manager import IndexEntry, TensorSpec
+from service.metrics.families import INFERENCE_ENDPOINTS, Metrics
 from service.settings import Settings
-
-TOKEN = "let-me-in"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class FakeVersion:
-    """A served version whose score is ``user * 10 + item``; ``fail_with`` makes infer raise."""
-
-    def __init__(self, settings: Settings, name: str = "m", version: int = 1) -> None:
-        self.name = name
-        self.version = version
-        self.inputs = (TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,)))
-        self.outputs = (TensorSpec("score", "FP32", (-1,)), TensorSpec("twice", "INT64", (-1,)))
-        self.config = resolve(ModelConfig(), settings)
-        self.stats = VersionStats(name, str(version))
-        self.provider = "CPUExecutionProvider"
-        self.fail_with: Exception | None = None
-        self.seen: list[dict[str, np.ndarray]] = []
-
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.seen.append(dict(inputs))
-        user, item = inputs["user"], inputs["item"]
-        return {"score": (user * 10 + item).astype(np.float32), "twice": user * 2}
-
-
-class FakeManager:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.versions = {1: FakeVersion(settings, version=1), 2: FakeVersion(settings, version=2)}
-        self.ready = False
-        self.started = self.stopped = False
-        self.loaded: list[str] = []
-        self.unloaded: list[str] = []
-        self.lookups: list[tuple[str, int | None]] = []
-
-    async def start(self) -> None:
-        self.started = self.ready = True
-
-    async def shutdown(self) -> None:
-        self.stopped, self.ready = True, False
-
-    def get(self, name: str, version: int | None = None) -> FakeVersion:
-        self.lookups.append((name, version))
-        if name != "m":
-            raise ModelNotFound(f"unknown model '{name}'")
-        if version is None:
-            return self.versions[max(self.versions)]
-        if version not in self.versions:
-            raise ModelNotFound(f"model 'm' has no version {version}")
-        return self.versions[version]
-
-    def model_versions(self, name: str) -> list[int]:
-        return sorted(self.versions)
-
-    def index(self) -> list[IndexEntry]:
-        return [
-            IndexEntry("m", "1", "READY", ""),
-            IndexEntry("m", "2", "READY", ""),
-            IndexEntry("broken", "1", "UNAVAILABLE", "bad model.onnx"),
-        ]
-
-    async def load(self, name: str) -> None:
-        if name != "m":
-            raise ModelNotFound(f"model '{name}' is not in the repository")
-        self.loaded.append(name)
-
-    async def unload(self, name: str) -> None:
-        self.unloaded.append(name)
-
-
-class Harness:
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
-        self.app = app
-        self.client = client
-
-    @property
-    def state(self) -> AppState:
-        state: AppState = getattr(self.app.state, STATE_KEY)
-        return state
-
-    @property
-    def manager(self) -> FakeManager:
-        manager = self.state.manager
-        assert isinstance(manager, FakeManager)
-        return manager
-
-    def counter(self, endpoint: str, code: int, model: str = "", version: str = "") -> float:
-        value = self.state.metrics.registry.get_sample_value(
-            "recserve_requests_total",
-            {"model": model, "version": version, "endpoint": endpoint, "code": str(code)},
-        )
-        return value or 0.0
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings(poll_interval_s=0, max_request_bytes=4096, **overrides)
-
-
-async def _harness(settings: Settings) -> AsyncIterator[Harness]:
-    app = create_app(settings, manager_factory=FakeManager)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
-        yield Harness(app, client)
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    async for harness in _harness(_settings(admin_token=SecretStr(TOKEN))):
-        yield harness
+from tests.app_harness import TOKEN, FakeReconciler, Harness, build_app, infer_doc, serving
 
 
 @pytest.fixture
 async def no_token() -> AsyncIterator[Harness]:
-    async for harness in _harness(_settings()):
+    async with serving() as harness:
         yield harness
-
-
-def _infer_doc(users: list[int], items: list[int], **extra: Any) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": "user", "shape": [len(users)], "datatype": "INT64", "data": users},
-            {"name": "item", "shape": [len(items)], "datatype": "INT64", "data": items},
-        ],
-        **extra,
-    }
 
 
 # -- health and metadata -------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_lifespan_starts_and_stops_the_manager() -> None:
-    app = create_app(_settings(), manager_factory=FakeManager)
+async def test_lifespan_starts_and_stops_the_reconciler() -> None:
+    app = build_app()
     state: AppState = getattr(app.state, STATE_KEY)
-    assert state.manager is None
+    assert state.reconciler is None
     async with app.router.lifespan_context(app):
-        manager = state.manager
-        assert isinstance(manager, FakeManager)
-        assert manager.started and not manager.stopped
-    assert manager.stopped
+        reconciler = state.reconciler
+        assert isinstance(reconciler, FakeReconciler)
+        assert reconciler.started and not reconciler.stopped
+    assert reconciler.stopped
     assert state.lifecycle.draining
 
 
 @pytest.mark.anyio
-async def test_health_and_server_metadata(h: Harness) -> None:
-    assert (await h.client.get("/v2/health/live")).status_code == 200
-    assert (await h.client.get("/v2/health/ready")).status_code == 200
-    meta = (await h.client.get("/v2")).json()
+async def test_health_and_server_metadata(served: Harness) -> None:
+    assert (await served.client.get("/v2/health/live")).status_code == 200
+    assert (await served.client.get("/v2/health/ready")).status_code == 200
+    meta = (await served.client.get("/v2")).json()
     assert meta["name"] == "recserve"
     assert {"binary_tensor_data", "model_repository", "statistics"} <= set(meta["extensions"])
 
 
 @pytest.mark.anyio
-async def test_ready_is_503_while_the_manager_is_not_ready(h: Harness) -> None:
-    h.manager.ready = False
-    response = await h.client.get("/v2/health/ready")
+async def test_ready_is_503_while_the_registry_is_not_ready(served: Harness) -> None:
+    served.reconciler.ready = False
+    response = await served.client.get("/v2/health/ready")
     assert response.status_code == 503
     assert "error" in response.json()
 
 
 @pytest.mark.anyio
-async def test_draining_turns_readiness_false_and_refuses_inference(h: Harness) -> None:
-    h.state.lifecycle.begin_drain()
-    assert (await h.client.get("/v2/health/ready")).status_code == 503
-    assert (await h.client.get("/v2/health/live")).status_code == 200
-    response = await h.client.post("/v2/models/m/infer", json=_infer_doc([1], [2]))
+async def test_draining_turns_readiness_false_and_refuses_inference(served: Harness) -> None:
+    served.state.lifecycle.begin_drain()
+    assert (await served.client.get("/v2/health/ready")).status_code == 503
+    assert (await served.client.get("/v2/health/live")).status_code == 200
+    response = await served.client.post("/v2/models/m/infer", json=infer_doc([1], [2]))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "shutting down" in response.json()["error"]
     assert response.headers["connection"] == "close"
-    assert h.manager.versions[2].seen == []
+    assert served.version(2).seen == []
 
 
 @pytest.mark.anyio
-async def test_model_metadata_ready_config_and_stats_by_version(h: Harness) -> None:
-    meta = (await h.client.get("/v2/models/m")).json()
+async def test_model_metadata_ready_config_and_stats_by_version(served: Harness) -> None:
+    meta = (await served.client.get("/v2/models/m")).json()
     assert meta["versions"] == ["1", "2"]
     assert meta["outputs"][1] == {"name": "twice", "datatype": "INT64", "shape": [-1]}
-    assert (await h.client.get("/v2/models/m/versions/1/ready")).status_code == 200
-    assert h.manager.lookups[-1] == ("m", 1)
-    config = (await h.client.get("/v2/models/m/versions/2/config")).json()
-    assert config["max_batch_size"] == h.state.settings.batching.max_batch_rows
+    assert (await served.client.get("/v2/models/m/versions/1/ready")).status_code == 200
+    assert served.reconciler.lookups[-1] == ("m", 1)
+    config = (await served.client.get("/v2/models/m/versions/2/config")).json()
+    assert config["max_batch_size"] == served.state.settings.batching.max_batch_rows
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == (
-        h.state.settings.batching.max_queue_delay_us
+        served.state.settings.batching.max_queue_delay_us
     )
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
-    h.manager.versions[1].stats.inference_count = 7
-    stats = (await h.client.get("/v2/models/m/stats")).json()["model_stats"]
+    served.version(1).stats.inference_count = 7
+    stats = (await served.client.get("/v2/models/m/stats")).json()["model_stats"]
     assert [(s["version"], s["inference_count"]) for s in stats] == [("1", 7), ("2", 0)]
-    one = (await h.client.get("/v2/models/m/versions/1/stats")).json()["model_stats"]
+    one = (await served.client.get("/v2/models/m/versions/1/stats")).json()["model_stats"]
     assert [s["version"] for s in one] == ["1"]
-    every = (await h.client.get("/v2/models/stats")).json()["model_stats"]
+    every = (await served.client.get("/v2/models/stats")).json()["model_stats"]
     assert [s["version"] for s in every] == ["1", "2"]
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("version", ["0", "01", "-2", "1.0", "x", "1e3", "9" * 30])
-async def test_versions_that_are_not_positive_integers_are_400(h: Harness, version: str) -> None:
-    response = await h.client.get(f"/v2/models/m/versions/{version}/ready")
+async def test_versions_that_are_not_positive_integers_are_400(
+    served: Harness, version: str
+) -> None:
+    response = await served.client.get(f"/v2/models/m/versions/{version}/ready")
     assert response.status_code == 400
     assert "version" in response.json()["error"]
-    assert h.manager.lookups == []
+    assert served.reconciler.lookups == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", ["M", "-m", ".hidden", "a" * 65, "m%00", "%2e%2e", "m%20x"])
-async def test_bad_model_names_never_reach_the_manager(h: Harness, name: str) -> None:
-    response = await h.client.get(f"/v2/models/{name}/ready")
+async def test_bad_model_names_never_reach_the_registry(served: Harness, name: str) -> None:
+    response = await served.client.get(f"/v2/models/{name}/ready")
     assert response.status_code == 400
     assert "model name" in response.json()["error"]
-    assert h.manager.lookups == []
+    assert served.reconciler.lookups == []
 
 
 # -- inference -----------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_infer_json_answers_json(h: Harness) -> None:
-    response = await h.client.post(
-        "/v2/models/m/infer", content=orjson.dumps(_infer_doc([1, 2], [3, 4], id="r1"))
+async def test_infer_json_answers_json(served: Harness) -> None:
+    response = await served.client.post(
+        "/v2/models/m/infer", content=orjson.dumps(infer_doc([1, 2], [3, 4], id="r1"))
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
@@ -271,7 +144,7 @@ async def test_infer_json_answers_json(h: Harness) -> None:
 
 
 @pytest.mark.anyio
-async def test_infer_binary_in_and_out(h: Harness) -> None:
+async def test_infer_binary_in_and_out(served: Harness) -> None:
     users = np.array([5, 6, 7], dtype=np.int64)
     items = np.array([1, 2, 3], dtype=np.int64)
     header = orjson.dumps(
@@ -288,7 +161,7 @@ async def test_infer_binary_in_and_out(h: Harness) -> None:
             "outputs": [{"name": "twice", "parameters": {"binary_data": True}}, {"name": "score"}],
         }
     )
-    response = await h.client.post(
+    response = await served.client.post(
         "/v2/models/m/versions/1/infer",
         content=header + users.tobytes() + items.tobytes(),
         headers={"Inference-Header-Content-Length": str(len(header))},
@@ -305,9 +178,9 @@ async def test_infer_binary_in_and_out(h: Harness) -> None:
 
 
 @pytest.mark.anyio
-async def test_request_level_binary_output(h: Harness) -> None:
-    doc = _infer_doc([1], [1], parameters={"binary_data_output": True})
-    response = await h.client.post("/v2/models/m/infer", json=doc)
+async def test_request_level_binary_output(served: Harness) -> None:
+    doc = infer_doc([1], [1], parameters={"binary_data_output": True})
+    response = await served.client.post("/v2/models/m/infer", json=doc)
     length = int(response.headers["inference-header-content-length"])
     outputs = orjson.loads(response.content[:length])["outputs"]
     assert [o["parameters"]["binary_data_size"] for o in outputs] == [4, 8]
@@ -316,12 +189,12 @@ async def test_request_level_binary_output(h: Harness) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_compressed_request_bodies(h: Harness, encoding: str) -> None:
+async def test_compressed_request_bodies(served: Harness, encoding: str) -> None:
     import zlib
 
-    raw = orjson.dumps(_infer_doc([1, 2], [3, 4]))
+    raw = orjson.dumps(infer_doc([1, 2], [3, 4]))
     body = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
-    response = await h.client.post(
+    response = await served.client.post(
         "/v2/models/m/infer", content=body, headers={"Content-Encoding": encoding}
     )
     assert response.status_code == 200, response.text
@@ -329,8 +202,8 @@ async def test_compressed_request_bodies(h: Harness, encoding: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_unknown_content_encoding_is_400(h: Harness) -> None:
-    response = await h.client.post(
+async def test_unknown_content_encoding_is_400(served: Harness) -> None:
+    response = await served.client.post(
         "/v2/models/m/infer", content=b"x", headers={"Content-Encoding": "br"}
     )
     assert response.status_code == 400
@@ -338,31 +211,31 @@ async def test_unknown_content_encoding_is_400(h: Harness) -> None:
 
 
 @pytest.mark.anyio
-async def test_bodies_over_the_limit_are_413_before_inference(h: Harness) -> None:
-    doc = _infer_doc(list(range(1000)), list(range(1000)))
-    response = await h.client.post("/v2/models/m/infer", content=orjson.dumps(doc))
+async def test_bodies_over_the_limit_are_413_before_inference(served: Harness) -> None:
+    doc = infer_doc(list(range(1000)), list(range(1000)))
+    response = await served.client.post("/v2/models/m/infer", content=orjson.dumps(doc))
     assert response.status_code == 413
     bomb = gzip.compress(b" " * 100_000)
-    response = await h.client.post(
+    response = await served.client.post(
         "/v2/models/m/infer", content=bomb, headers={"Content-Encoding": "gzip"}
     )
     assert response.status_code == 413
-    assert h.manager.versions[2].seen == []
+    assert served.version(2).seen == []
 
 
 @pytest.mark.anyio
-async def test_unknown_output_is_400_before_inference(h: Harness) -> None:
-    doc = _infer_doc([1], [1], outputs=[{"name": "nope"}])
-    response = await h.client.post("/v2/models/m/infer", json=doc)
+async def test_unknown_output_is_400_before_inference(served: Harness) -> None:
+    doc = infer_doc([1], [1], outputs=[{"name": "nope"}])
+    response = await served.client.post("/v2/models/m/infer", json=doc)
     assert response.status_code == 400
     assert "nope" in response.json()["error"]
-    assert h.manager.versions[2].seen == []
+    assert served.version(2).seen == []
 
 
 @pytest.mark.anyio
-async def test_bad_header_length_is_400(h: Harness) -> None:
-    body = orjson.dumps(_infer_doc([1], [1]))
-    response = await h.client.post(
+async def test_bad_header_length_is_400(served: Harness) -> None:
+    body = orjson.dumps(infer_doc([1], [1]))
+    response = await served.client.post(
         "/v2/models/m/infer", content=body, headers={"Inference-Header-Content-Length": "9999"}
     )
     assert response.status_code == 400
@@ -382,41 +255,114 @@ async def test_bad_header_length_is_400(h: Harness) -> None:
     ],
 )
 async def test_serving_errors_map_to_status_codes(
-    h: Harness, error: ServingError, status: int, retry_after: str | None
+    served: Harness, error: ServingError, status: int, retry_after: str | None
 ) -> None:
-    h.manager.versions[2].fail_with = error
-    response = await h.client.post("/v2/models/m/infer", json=_infer_doc([1], [1]))
+    served.version(2).fail_with = error
+    response = await served.client.post("/v2/models/m/infer", json=infer_doc([1], [1]))
     assert response.status_code == status
     assert response.json() == {"error": error.message}
     assert response.headers.get("retry-after") == retry_after
 
 
 @pytest.mark.anyio
-async def test_unexpected_exceptions_are_500_with_a_json_body(h: Harness) -> None:
-    h.manager.versions[2].fail_with = RuntimeError("boom")
-    response = await h.client.post("/v2/models/m/infer", json=_infer_doc([1], [1]))
+async def test_unexpected_exceptions_are_500_with_a_json_body(served: Harness) -> None:
+    served.version(2).fail_with = RuntimeError("boom")
+    response = await served.client.post("/v2/models/m/infer", json=infer_doc([1], [1]))
     assert response.status_code == 500
     assert response.json() == {"error": "internal server error"}
-    assert h.counter("infer", 500, "m", "2") == 1
+    assert served.counter("infer", 500, "m", "2") == 1
 
 
 @pytest.mark.anyio
-async def test_fastapi_validation_errors_are_400(h: Harness) -> None:
+async def test_fastapi_validation_errors_are_400(served: Harness) -> None:
     async def typed(n: int) -> dict[str, int]:
         return {"n": n}
 
-    h.app.add_api_route("/typed", typed, methods=["GET"])
-    response = await h.client.get("/typed", params={"n": "many"})
+    served.app.add_api_route("/typed", typed, methods=["GET"])
+    response = await served.client.get("/typed", params={"n": "many"})
     assert response.status_code == 400
     assert "n" in response.json()["error"]
 
 
 @pytest.mark.anyio
-async def test_unknown_routes_and_methods_answer_json_errors(h: Harness) -> None:
-    response = await h.client.get("/v3/anything")
+async def test_unknown_routes_and_methods_answer_json_errors(served: Harness) -> None:
+    response = await served.client.get("/v3/anything")
     assert (response.status_code, set(response.json())) == (404, {"error"})
-    response = await h.client.get("/v2/models/m/infer")
+    response = await served.client.get("/v2/models/m/infer")
     assert (response.status_code, set(response.json())) == (405, {"error"})
+
+
+# -- /v1 over the signature ----------------------------------------------------------------------
+
+
+def renamed_signature() -> Signature:
+    """The two-id signature with other input and output names."""
+    base = two_id_signature(10, 10)
+    return Signature(
+        inputs=tuple(s.model_copy(update={"name": f"{s.name}_row"}) for s in base.inputs),
+        outputs=(base.outputs[0].model_copy(update={"name": "p"}),),
+        score="p",
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("signature", [two_id_signature(10, 10), renamed_signature()])
+async def test_v1_feeds_the_inputs_its_signature_names(
+    served: Harness, signature: Signature
+) -> None:
+    version = served.version(2)
+    version.signature = signature
+    body = {"user_id": "u3", "item_ids": ["i1", "i9", "nope"]}
+    got = (await served.client.post("/v1/models/m/score", json=body)).json()
+    assert got["scores"] == [31.0, 39.0, 30.0]  # user row 3, item rows 1, 9 and 0 (unknown)
+    assert got["unknown"] == {"user_id": False, "item_ids": ["nope"]}
+    (fed,) = version.seen
+    assert sorted(fed) == sorted(spec.name for spec in signature.inputs)
+    best = await served.client.post("/v1/models/m/recommend", json={"user_id": "u2", "k": 3})
+    items = best.json()["items"]
+    assert [(i["item_id"], i["score"]) for i in items] == [("i9", 29.0), ("i8", 28.0), ("i7", 27.0)]
+
+
+def two_ids_and(*extra: InputSpec, skip: int = 0) -> Signature:
+    """The two-id signature less its first ``skip`` inputs, plus ``extra`` inputs."""
+    base = two_id_signature(10, 10)
+    return Signature(inputs=(*base.inputs[skip:], *extra), outputs=base.outputs, score=base.score)
+
+
+HOUR = InputSpec(name="hour", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 1))
+GENRES = InputSpec(
+    name="genres",
+    role=Role.MULTI_HOT,
+    source=Source.ITEM_TABLE,
+    dtype="FP32",
+    shape=(-1, 4),
+    n_rows=4,
+    table="genres.npy",
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("signature", "named"),
+    [
+        (two_ids_and(HOUR), "input 'hour'"),
+        (two_ids_and(GENRES), "input 'genres'"),
+        (two_ids_and(skip=1), "no input for the request's user"),
+    ],
+)
+async def test_v1_refuses_a_signature_it_cannot_serve_yet(
+    served: Harness, signature: Signature, named: str
+) -> None:
+    served.version(2).signature = signature
+    for path, body in (
+        ("/v1/models/m/score", {"user_id": "u1", "item_ids": ["i1"]}),
+        ("/v1/models/m/recommend", {"user_id": "u1"}),
+    ):
+        response = await served.client.post(path, json=body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert named in error and "/v1 cannot serve it yet (V2 infer can)" in error
+    assert served.version(2).seen == []
 
 
 # -- repository API ------------------------------------------------------------------------------
@@ -429,75 +375,83 @@ async def test_repository_api_is_403_without_a_configured_token(no_token: Harnes
             response = await no_token.client.post(path, headers=headers)
             assert response.status_code == 403
             assert "no admin token" in response.json()["error"]
-    assert no_token.manager.loaded == []
+    assert no_token.reconciler.loaded == []
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "authorization", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer"]
 )
-async def test_repository_api_refuses_a_wrong_token(h: Harness, authorization: str | None) -> None:
+async def test_repository_api_refuses_a_wrong_token(
+    served: Harness, authorization: str | None
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     for action in ("load", "unload"):
-        response = await h.client.post(f"/v2/repository/models/m/{action}", headers=headers)
+        response = await served.client.post(f"/v2/repository/models/m/{action}", headers=headers)
         assert response.status_code == 403
-    assert (await h.client.post("/v2/repository/index", headers=headers)).status_code == 403
-    assert h.manager.loaded == h.manager.unloaded == []
+    assert (await served.client.post("/v2/repository/index", headers=headers)).status_code == 403
+    assert served.reconciler.loaded == served.reconciler.unloaded == []
 
 
 @pytest.mark.anyio
-async def test_repository_api_with_the_token(h: Harness) -> None:
+async def test_repository_api_with_the_token(served: Harness) -> None:
     auth = {"Authorization": f"bearer {TOKEN}"}
-    index = (await h.client.post("/v2/repository/index", headers=auth)).json()
+    index = (await served.client.post("/v2/repository/index", headers=auth)).json()
     assert {
         "name": "broken",
         "version": "1",
         "state": "UNAVAILABLE",
         "reason": "bad model.onnx",
     } in (index)
-    ready = (await h.client.post("/v2/repository/index", headers=auth, json={"ready": True})).json()
+    ready = (
+        await served.client.post("/v2/repository/index", headers=auth, json={"ready": True})
+    ).json()
     assert {e["state"] for e in ready} == {"READY"}
-    assert (await h.client.post("/v2/repository/models/m/load", headers=auth)).status_code == 200
-    assert (await h.client.post("/v2/repository/models/m/unload", headers=auth)).status_code == 200
-    assert (h.manager.loaded, h.manager.unloaded) == (["m"], ["m"])
-    response = await h.client.post("/v2/repository/models/zz/load", headers=auth)
+    assert (
+        await served.client.post("/v2/repository/models/m/load", headers=auth)
+    ).status_code == 200
+    assert (
+        await served.client.post("/v2/repository/models/m/unload", headers=auth)
+    ).status_code == 200
+    assert (served.reconciler.loaded, served.reconciler.unloaded) == (["m"], ["m"])
+    response = await served.client.post("/v2/repository/models/zz/load", headers=auth)
     assert response.status_code == 404
 
 
 @pytest.mark.anyio
-async def test_load_refuses_config_and_file_overrides(h: Harness) -> None:
+async def test_load_refuses_config_and_file_overrides(served: Harness) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for parameters in ({"config": "{}"}, {"file:1/model.onnx": "AAAA"}):
-        response = await h.client.post(
+        response = await served.client.post(
             "/v2/repository/models/m/load", headers=auth, json={"parameters": parameters}
         )
         assert response.status_code == 400
-    response = await h.client.post("/v2/repository/models/..%2F/load", headers=auth)
+    response = await served.client.post("/v2/repository/models/..%2F/load", headers=auth)
     assert response.status_code in (400, 404)
-    assert h.manager.loaded == []
+    assert served.reconciler.loaded == []
 
 
 # -- metrics and logging -------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_requests_are_counted_by_endpoint_and_code(h: Harness) -> None:
-    await h.client.post("/v2/models/m/versions/1/infer", json=_infer_doc([1], [1]))
-    await h.client.post("/v2/models/m/infer", json={"inputs": "bad"})
-    await h.client.get("/v2/models/nosuch-model-123/ready")
-    await h.client.get("/v2/health/live")
-    assert h.counter("infer", 200, "m", "1") == 1
-    assert h.counter("infer", 400, "m", "2") == 1
-    assert h.counter("model_ready", 404) == 1  # unknown names never become label values
-    assert h.counter("health_live", 200) == 1
-    registry = h.state.metrics.registry
+async def test_requests_are_counted_by_endpoint_and_code(served: Harness) -> None:
+    await served.client.post("/v2/models/m/versions/1/infer", json=infer_doc([1], [1]))
+    await served.client.post("/v2/models/m/infer", json={"inputs": "bad"})
+    await served.client.get("/v2/models/nosuch-model-123/ready")
+    await served.client.get("/v2/health/live")
+    assert served.counter("infer", 200, "m", "1") == 1
+    assert served.counter("infer", 400, "m", "2") == 1
+    assert served.counter("model_ready", 404) == 1  # unknown names never become label values
+    assert served.counter("health_live", 200) == 1
+    registry = served.state.metrics.registry
     count = registry.get_sample_value(
         "recserve_request_duration_seconds_count",
         {"model": "m", "version": "1", "endpoint": "infer"},
     )
     assert count == 1
     assert registry.get_sample_value("recserve_inflight_requests", {"endpoint": "infer"}) == 0
-    text = (await h.client.get("/metrics")).text
+    text = (await served.client.get("/metrics")).text
     assert 'recserve_requests_total{code="200",endpoint="infer",model="m",version="1"} 1.0' in text
     assert "nosuch-model-123" not in text
 
@@ -507,9 +461,9 @@ async def test_request_log_writes_one_json_line_per_request(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="recserve.request")
-    async for h in _harness(_settings(request_log=True)):
-        await h.client.post("/v2/models/m/infer", json=_infer_doc([1], [1]))
-        await h.client.get("/v2/models/zz")
+    async with serving(request_log=True) as logged:
+        await logged.client.post("/v2/models/m/infer", json=infer_doc([1], [1]))
+        await logged.client.get("/v2/models/zz")
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "recserve.request"]
     assert [(x["endpoint"], x["status"], x["model"]) for x in lines] == [
         ("infer", 200, "m"),
@@ -519,9 +473,11 @@ async def test_request_log_writes_one_json_line_per_request(
 
 
 @pytest.mark.anyio
-async def test_request_log_is_off_by_default(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+async def test_request_log_is_off_by_default(
+    served: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="recserve.request")
-    await h.client.get("/v2/health/live")
+    await served.client.get("/v2/health/live")
     assert not [r for r in caplog.records if r.name == "recserve.request"]
 
 
@@ -534,8 +490,7 @@ def test_nothing_is_built_at_import_time() -> None:
 
 
 def test_apps_have_separate_registries() -> None:
-    first = create_app(_settings(), manager_factory=FakeManager)
-    second = create_app(_settings(), manager_factory=FakeManager)
+    first, second = build_app(), build_app()
     assert getattr(first.state, STATE_KEY).metrics.registry is not (
         getattr(second.state, STATE_KEY).metrics.registry
     )
@@ -547,3 +502,13 @@ def test_app_from_env_reads_recserve_variables(monkeypatch: pytest.MonkeyPatch) 
     state: AppState = getattr(app_from_env().state, STATE_KEY)
     assert state.settings.max_request_bytes == 123456
     assert state.settings.batching.max_batch_rows == 77
+
+
+def test_the_metrics_default_names_the_tables_inference_endpoints() -> None:
+    names = build_routes(ENDPOINTS).inference_endpoints
+    assert sorted(names) == sorted(INFERENCE_ENDPOINTS) == ["infer", "recommend", "score"]
+
+
+def test_metrics_without_a_gauge_for_an_inference_endpoint_are_refused() -> None:
+    with pytest.raises(ValueError, match="recommend"):
+        build_app(metrics=Metrics(inference_endpoints=("infer", "score")))

@@ -150,6 +150,18 @@ def test_train_dispatches_to_training_cli(monkeypatch: pytest.MonkeyPatch) -> No
     assert [(a.command, a.epochs) for a in calls] == [("train", 3)]
 
 
+def python(*args: str) -> str:
+    """The standard output of a fresh interpreter run in the project's root."""
+    out = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return out.stdout
+
+
 def test_serving_does_not_import_the_training_cli() -> None:
     code = (
         "import sys\n"
@@ -158,35 +170,16 @@ def test_serving_does_not_import_the_training_cli() -> None:
         "cli.settings_from_args(cli.build_parser(['serve']).parse_args(['serve']))\n"
         "print('training.cli' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert out.stdout.strip() == "False"
+    assert python("-c", code).strip() == "False"
 
 
 def test_help_lists_both_commands() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert "serve" in out.stdout
-    assert "train" in out.stdout
+    out = python("-m", "service.cli", "--help")
+    assert "serve" in out
+    assert "train" in out
 
 
 def test_train_help_comes_from_the_training_cli() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert "usage: recserve train" in out.stdout
-    assert "--repository" in out.stdout
+    out = python("-m", "service.cli", "train", "--help")
+    assert "usage: recserve train" in out
+    assert "--repository" in out

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.metrics.families import Metrics
 from service.metrics.gpu import GpuCollector, nvml_device, open_gpu_collector
-from service.runtime.session import CPU, CUDA
+from service.runtime.provider import CPU, CUDA
 from service.settings import Settings
-from tests.test_app import FakeManager
+from tests.app_harness import FakeReconciler
 
 GIB = 1024**3
 
@@ -160,16 +160,16 @@ def test_a_failing_device_yields_no_samples_and_recovers(nvml: FakeNvml) -> None
     assert len(values(collector)) == 3
 
 
-class CudaManager(FakeManager):
+class CudaReconciler(FakeReconciler):
     provider = CUDA
 
 
-class CpuManager(FakeManager):
+class CpuReconciler(FakeReconciler):
     provider = CPU
 
 
-async def scrape(manager: Any) -> str:
-    app = create_app(Settings(poll_interval_s=0), metrics=Metrics(), manager_factory=manager)
+async def scrape(reconciler: Any) -> str:
+    app = create_app(Settings(poll_interval_s=0), metrics=Metrics(), reconciler_factory=reconciler)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -178,14 +178,9 @@ async def scrape(manager: Any) -> str:
         return (await client.get("/metrics")).text
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_served_on_the_cuda_provider(nvml: FakeNvml) -> None:
-    text = await scrape(CudaManager)
+    text = await scrape(CudaReconciler)
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"recserve_gpu_memory_used_bytes", "recserve_gpu_utilization_ratio"} <= names
     assert 'recserve_gpu_utilization_ratio{gpu="0"} 0.37' in text
@@ -194,6 +189,6 @@ async def test_served_on_the_cuda_provider(nvml: FakeNvml) -> None:
 
 @pytest.mark.anyio
 async def test_absent_on_the_cpu_provider(nvml: FakeNvml) -> None:
-    text = await scrape(CpuManager)
+    text = await scrape(CpuReconciler)
     assert "recserve_gpu" not in text
     assert nvml.calls == []

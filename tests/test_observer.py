@@ -8,87 +8,30 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
-from fastapi import FastAPI
 from starlette.types import Message
 
 import service.http.observer
-from service.app import create_app
 from service.errors import InferenceFailed, InvalidInput, Overloaded
-from service.http.state import STATE_KEY, AppState
-from service.settings import Settings
-from tests.test_app import FakeManager
+from tests.app_harness import Harness, infer_doc, serving
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def infer_doc(users: list[int], items: list[int]) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {"name": "user", "shape": [len(users)], "datatype": "INT64", "data": users},
-            {"name": "item", "shape": [len(items)], "datatype": "INT64", "data": items},
-        ]
-    }
-
-
-class Served:
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
-        self.app = app
-        self.client = client
-
-    @property
-    def state(self) -> AppState:
-        state: AppState = getattr(self.app.state, STATE_KEY)
-        return state
-
-    @property
-    def manager(self) -> FakeManager:
-        manager: object = self.state.manager
-        assert isinstance(manager, FakeManager)
-        return manager
-
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.state.metrics.registry.get_sample_value(name, labels)
-
-
-async def serve(**settings: Any) -> AsyncIterator[Served]:
-    factory: Any = FakeManager
-    app = create_app(Settings(poll_interval_s=0, **settings), manager_factory=factory)
-    # Exceptions raised out of the app fail the test: the observer must answer every one.
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
-        yield Served(app, client)
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    async for value in serve():
-        yield value
-
-
-@pytest.fixture
-async def logged() -> AsyncIterator[Served]:
-    async for value in serve(request_log=True):
-        yield value
+async def logged() -> AsyncIterator[Harness]:
+    async with serving(request_log=True) as harness:
+        yield harness
 
 
 # -- request ids ---------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_every_answer_carries_a_request_id(served: Served) -> None:
-    served.manager.versions[1].fail_with = Overloaded("queue full")
+async def test_every_answer_carries_a_request_id(served: Harness) -> None:
+    served.version(1).fail_with = Overloaded("queue full")
     responses = [
         await served.client.post("/v2/models/m/infer", json=infer_doc([1], [1])),  # 200
         await served.client.post("/v2/models/m/infer", json={"inputs": "bad"}),  # 400
@@ -104,7 +47,7 @@ async def test_every_answer_carries_a_request_id(served: Served) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_callers_request_id_is_returned(served: Served) -> None:
+async def test_the_callers_request_id_is_returned(served: Harness) -> None:
     response = await served.client.get("/v2/health/live", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
 
@@ -113,19 +56,25 @@ async def test_the_callers_request_id_is_returned(served: Served) -> None:
 
 
 @pytest.mark.anyio
-async def test_unhandled_exception_is_logged_with_traceback_and_answered_500(
-    served: Served, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    [
+        (RuntimeError("boom"), "internal server error"),  # no handler: the observer answers
+        (InferenceFailed("ORT says no"), "ORT says no"),
+    ],
+)
+async def test_server_faults_are_logged_with_traceback_and_answered_500(
+    served: Harness, caplog: pytest.LogCaptureFixture, error: Exception, answer: str
 ) -> None:
-    served.manager.versions[2].fail_with = RuntimeError("boom")
+    served.version(2).fail_with = error
     response = await served.client.post(
         "/v2/models/m/infer", json=infer_doc([1], [1]), headers={"X-Request-ID": "r-500"}
     )
-    assert response.status_code == 500
-    assert response.json() == {"error": "internal server error"}
+    assert (response.status_code, response.json()) == (500, {"error": answer})
     assert response.headers["x-request-id"] == "r-500"
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "r-500" in record.getMessage()
-    assert record.exc_info is not None and str(record.exc_info[1]) == "boom"
+    assert "r-500" in record.getMessage() and answer in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[1] is error
     count = served.value(
         "recserve_requests_total", model="m", version="2", endpoint="infer", code="500"
     )
@@ -133,28 +82,14 @@ async def test_unhandled_exception_is_logged_with_traceback_and_answered_500(
 
 
 @pytest.mark.anyio
-async def test_inference_failure_is_logged_with_traceback(
-    served: Served, caplog: pytest.LogCaptureFixture
-) -> None:
-    served.manager.versions[2].fail_with = InferenceFailed("ORT says no")
-    response = await served.client.post(
-        "/v2/models/m/infer", json=infer_doc([1], [1]), headers={"X-Request-ID": "r-ort"}
-    )
-    assert response.status_code == 500
-    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "r-ort" in record.getMessage() and "ORT says no" in record.getMessage()
-    assert record.exc_info is not None
-
-
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("error", "status"), [(InvalidInput("bad rows"), 400), (Overloaded("queue full"), 503)]
 )
 async def test_client_errors_and_refusals_are_logged_at_debug_with_their_message(
-    served: Served, caplog: pytest.LogCaptureFixture, error: Exception, status: int
+    served: Harness, caplog: pytest.LogCaptureFixture, error: Exception, status: int
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="service")
-    served.manager.versions[2].fail_with = error
+    served.version(2).fail_with = error
     response = await served.client.post(
         "/v2/models/m/infer", json=infer_doc([1], [1]), headers={"X-Request-ID": "r-4xx"}
     )
@@ -166,7 +101,7 @@ async def test_client_errors_and_refusals_are_logged_at_debug_with_their_message
 
 
 @pytest.mark.anyio
-async def test_a_client_gone_before_its_body_is_counted_499(served: Served) -> None:
+async def test_a_client_gone_before_its_body_is_counted_499(served: Harness) -> None:
     messages: list[Message] = []
 
     async def receive() -> Message:
@@ -204,7 +139,7 @@ def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]] | None = N
 
 
 @pytest.mark.anyio
-async def test_duration_runs_from_the_headers_so_a_slow_upload_counts(served: Served) -> None:
+async def test_duration_runs_from_the_headers_so_a_slow_upload_counts(served: Harness) -> None:
     body = orjson.dumps(infer_doc([1], [1]))
     sent: list[Message] = []
     delivered = False
@@ -229,10 +164,10 @@ async def test_duration_runs_from_the_headers_so_a_slow_upload_counts(served: Se
 
 
 @pytest.mark.anyio
-async def test_inflight_counts_requests_being_computed(served: Served) -> None:
+async def test_inflight_counts_requests_being_computed(served: Harness) -> None:
     release = asyncio.Event()
     started = asyncio.Event()
-    version = served.manager.versions[2]
+    version = served.version(2)
     computed = version.infer
 
     async def slow(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -256,7 +191,7 @@ async def test_inflight_counts_requests_being_computed(served: Served) -> None:
 
 @pytest.mark.anyio
 async def test_request_log_line_carries_the_request_id_and_error(
-    logged: Served, caplog: pytest.LogCaptureFixture
+    logged: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="recserve.request")
     ok = await logged.client.post("/v2/models/m/infer", json=infer_doc([1], [1]))
@@ -276,7 +211,7 @@ async def test_request_log_line_carries_the_request_id_and_error(
 
 @pytest.mark.anyio
 async def test_request_log_off_costs_no_log_call(
-    served: Served, monkeypatch: pytest.MonkeyPatch
+    served: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fail(**fields: Any) -> None:
         raise AssertionError("request log written while off")

@@ -19,7 +19,8 @@ from schemathesis.config import SchemathesisConfig
 
 from service.app import create_app
 from service.settings import Settings
-from tests.reliability_tools import publish_model, write_config
+from tests.factories import publish_random_version
+from tests.reliability_tools import write_config
 from tests.server_process import ServerProcess, start_server
 
 TOKEN = "fuzz-token"
@@ -36,9 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     for name in (*MODELS, SPARE):
         write_config(root / "repo", name, {"version_policy": {"all": {}}})
     for seed in (1, 2):
-        publish_model(root / "repo", "recs", seed=seed)
-    publish_model(root / "repo", "other", seed=3)
-    publish_model(root / "repo", SPARE, seed=4)
+        publish_random_version(root / "repo", "recs", seed=seed)
+    publish_random_version(root / "repo", "other", seed=3)
+    publish_random_version(root / "repo", SPARE, seed=4)
     running = start_server(
         root / "repo",
         root / "server.log",

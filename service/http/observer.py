@@ -6,9 +6,9 @@ when the answer is sent counts it in ``recserve_requests_total`` by endpoint and
 times it in ``recserve_request_duration_seconds`` if it ran inference, from the request headers
 received to the response sent. With ``request_log`` on it writes the request's JSON line.
 
-An exception no handler turned into a response is logged here with its traceback and the request
-id, and answered 500 ``{"error": "internal server error"}``; a client that went away before its
-request was read is counted with status 499 (the code proxies use for it).
+An exception no handler turned into a response is answered 500 ``{"error": "internal server
+error"}`` and logged with its traceback and the request id (service.http.answers); a client that
+went away before its request was read is counted with status 499 (the code proxies use for it).
 """
 
 from __future__ import annotations
@@ -17,35 +17,25 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.request_log import REQUEST_ID_HEADER, log_request, request_id
+from service.http.answers import INTERNAL_ERROR, error_response
+from service.http.request_log import (
+    ERROR,
+    MODEL,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    VERSION,
+    log_request,
+    request_id,
+)
 from service.http.state import AppState
 
 logger = logging.getLogger(__name__)
 
-# Keys of the request's ``scope["state"]`` (``request.state``) that handlers fill in.
-REQUEST_ID = "request_id"
-ERROR = "error"
-MODEL = "metric_model"
-VERSION = "metric_version"
-
 CLIENT_CLOSED = 499
 _CLOSE = (b"connection", b"close")
-_INTERNAL_ERROR = orjson.dumps({"error": "internal server error"})
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def note_error(request_state: Any, message: str) -> None:
-    """Record an answered error's message for the request log line."""
-    setattr(request_state, ERROR, message)
-
-
-def request_id_of(scope: Scope) -> str:
-    value = scope.get("state", {}).get(REQUEST_ID)
-    return value.decode("ascii") if isinstance(value, bytes) else "-"
 
 
 class RequestObserver:
@@ -87,17 +77,11 @@ class RequestObserver:
             status = CLIENT_CLOSED
             info[ERROR] = "client disconnected"
             logger.debug("request %s: client disconnected", rid.decode("ascii"))
-        except Exception:
+        except Exception as exc:
             if status:  # the response has started: the server aborts the connection
                 raise
-            logger.exception(
-                "request %s: %s %s failed", rid.decode("ascii"), scope["method"], scope["path"]
-            )
-            info.setdefault(ERROR, "internal server error")
-            await send_observed(
-                {"type": "http.response.start", "status": 500, "headers": _JSON_HEADERS}
-            )
-            await send_observed({"type": "http.response.body", "body": _INTERNAL_ERROR})
+            answer = error_response(scope, 500, INTERNAL_ERROR, cause=exc)
+            await answer(scope, receive, send_observed)
         finally:
             lifecycle.request_finished()
             self._observe(scope, info, status or 500, time.perf_counter() - started)

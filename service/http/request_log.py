@@ -12,6 +12,11 @@ Request log lines go to the ``recserve.request`` logger at INFO, one JSON object
      "status": 200, "duration_ms": 1.234, "pid": 4242}
 
 with ``"error": "<message>"`` added to answers that carry one.
+
+What a request's line carries beyond the request itself is noted in the request's
+``scope["state"]`` (``request.state``) as it is served: the request id, the model and version it
+was served by (:func:`set_labels`, also the labels of its metrics) and the error it was answered
+with (:func:`note_error`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,37 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import orjson
+from starlette.types import Scope
 
 REQUEST_ID_HEADER = b"x-request-id"
 request_logger = logging.getLogger("recserve.request")
+
+# Keys of the request's ``scope["state"]`` (``request.state``) that serving fills in.
+REQUEST_ID = "request_id"
+ERROR = "error"
+MODEL = "metric_model"
+VERSION = "metric_version"
+
+
+def note_error(request_state: MutableMapping[str, Any], message: str) -> None:
+    """Record an answered error's message (``scope["state"]``) for the request log line."""
+    request_state[ERROR] = message
+
+
+def set_labels(request_state: MutableMapping[str, Any], model: str, version: str) -> None:
+    """Model and version labels of the request's metrics and log line; only for a found model."""
+    request_state[MODEL] = model
+    request_state[VERSION] = version
+
+
+def request_id_of(scope: Scope) -> str:
+    value = scope.get("state", {}).get(REQUEST_ID)
+    return value.decode("ascii") if isinstance(value, bytes) else "-"
+
 
 _USABLE_ID = re.compile(rb"[!-~]{1,128}")
 

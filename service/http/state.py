@@ -1,4 +1,8 @@
-"""What every route reaches through ``request.app.state``: settings, metrics, lifecycle, manager."""
+"""What every route reaches through ``request.app.state``: settings, metrics, lifecycle, models.
+
+Handlers find served versions through the read-only :class:`Registry`; only the repository API
+asks the :class:`Reconciler` to load or unload.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from service.metrics.families import Metrics
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.models.manager import ModelManager
+    from service.models.reconciler import Reconciler
+    from service.models.registry import Registry
 
 STATE_KEY = "recserve"
 
@@ -23,7 +28,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     lifecycle: Lifecycle
-    manager: ModelManager | None = None  # set once the lifespan has started it
+    reconciler: Reconciler | None = None  # set once the lifespan has started it
 
 
 def app_state(request: Request) -> AppState:
@@ -31,14 +36,12 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def get_manager(request: Request) -> ModelManager:
-    manager = app_state(request).manager
-    if manager is None:
+def get_reconciler(request: Request) -> Reconciler:
+    reconciler = app_state(request).reconciler
+    if reconciler is None:
         raise ModelNotReady("the server is starting; models are not loaded yet")
-    return manager
+    return reconciler
 
 
-def set_labels(request: Request, model: str, version: str) -> None:
-    """Model and version labels of the request's metrics; only for a model that was found."""
-    request.state.metric_model = model
-    request.state.metric_version = version
+def get_registry(request: Request) -> Registry:
+    return get_reconciler(request).registry

@@ -15,6 +15,8 @@ ignored.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -39,7 +41,9 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120
 
 MODEL_LABELS = ("model", "version")
 # Endpoints that run inference: in-flight gauges exist for them from the start, and their
-# end-to-end duration is observed in recserve_request_duration_seconds.
+# end-to-end duration is observed in recserve_request_duration_seconds. The app passes the names
+# its endpoint table marks as inference (service.endpoints); this default serves a Metrics built
+# on its own (tests, tools), and a test holds it equal to the table's.
 INFERENCE_ENDPOINTS = ("infer", "recommend", "score")
 
 
@@ -66,6 +70,7 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         *,
         scrape_registry: CollectorRegistry | None = None,
+        inference_endpoints: Iterable[str] = INFERENCE_ENDPOINTS,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -167,18 +172,26 @@ class Metrics:
         self.scrape_registry = scrape_registry
         # Present (at 0) before the first request, so that an autoscaler always reads a value.
         self.inflight_by_endpoint: dict[str, Gauge] = {
-            endpoint: self.inflight.labels(endpoint) for endpoint in INFERENCE_ENDPOINTS
+            endpoint: self.inflight.labels(endpoint) for endpoint in inference_endpoints
         }
         self._endpoints: dict[tuple[str, str, str], _EndpointChildren] = {}
 
     @classmethod
-    def for_process(cls, supervisor_pid: int | None = None) -> Metrics:
+    def for_process(
+        cls,
+        supervisor_pid: int | None = None,
+        *,
+        inference_endpoints: Iterable[str] = INFERENCE_ENDPOINTS,
+    ) -> Metrics:
         """The metrics of a server process: multiprocess collection when
         ``PROMETHEUS_MULTIPROC_DIR`` is set (a worker), else a registry of its own."""
         directory = multiprocess_metrics.shared_dir()
         if directory is None:
-            return cls()
-        return cls(scrape_registry=multiprocess_metrics.scrape_registry(directory, supervisor_pid))
+            return cls(inference_endpoints=inference_endpoints)
+        return cls(
+            scrape_registry=multiprocess_metrics.scrape_registry(directory, supervisor_pid),
+            inference_endpoints=inference_endpoints,
+        )
 
     # -- the request path --------------------------------------------------------------------------
 
@@ -198,7 +211,7 @@ class Metrics:
 
     def _endpoint_children(self, model: str, version: str, endpoint: str) -> _EndpointChildren:
         labels = (model, version, endpoint)
-        timed = bool(model) and endpoint in INFERENCE_ENDPOINTS
+        timed = bool(model) and endpoint in self.inflight_by_endpoint
         duration = self.request_duration.labels(*labels) if timed else None
         children = self._endpoints[labels] = _EndpointChildren(labels, duration)
         return children

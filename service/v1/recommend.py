@@ -1,36 +1,39 @@
-"""The recommendation data plane: raw ids -> rows -> the shared batcher -> top-k or scores."""
+"""The recommendation data plane: raw ids -> rows -> the shared batcher -> top-k or scores.
+
+What ``/v1`` feeds a version is read from its signature (:class:`Feeding`): the input that takes
+the request's user, the input that takes the candidate item (ids through each input's vocabulary)
+and the output it ranks by. A model with an input whose value comes from elsewhere (a feature
+table, the request's context) is not served by ``/v1`` yet; V2 ``infer`` serves it.
+"""
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.models.manager import LoadedVersion
+from modelrepo import UNKNOWN_ROW, InputSpec, Source, Vocabulary
+from service.errors import InvalidInput
 from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
 
+if TYPE_CHECKING:
+    from service.models.served import ServedVersion
 
-@dataclass(frozen=True)
+_SERVED_SOURCES = {Source.USER: "the request's user", Source.ITEM: "the candidate item"}
+_NOT_YET = "/v1 cannot serve it yet (V2 infer can)"
+
+
 class Catalog:
     """A version's whole item catalog, computed once: rows, ids and each id's rank in sort order."""
 
-    rows: np.ndarray
-    ids: np.ndarray  # object array of str, aligned with rows
-    tie_rank: np.ndarray
-
-
-_catalogs: weakref.WeakKeyDictionary[LoadedVersion, Catalog] = weakref.WeakKeyDictionary()
-
-
-def catalog_of(version: LoadedVersion) -> Catalog:
-    catalog = _catalogs.get(version)
-    if catalog is None:
-        ids = np.array(version.items.ids, dtype=object)
-        catalog = Catalog(version.items.catalog_rows(), ids, _sort_rank(ids))
-        _catalogs[version] = catalog
-    return catalog
+    def __init__(self, items: Vocabulary) -> None:
+        self.rows = items.catalog_rows()
+        self.ids = np.array(items.ids, dtype=object)  # aligned with rows
+        self.tie_rank = _sort_rank(self.ids)
 
 
 def _sort_rank(ids: np.ndarray) -> np.ndarray:
@@ -38,6 +41,47 @@ def _sort_rank(ids: np.ndarray) -> np.ndarray:
     rank = np.empty(len(ids), dtype=np.int64)
     rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return rank
+
+
+class Feeding:
+    """How ``/v1`` feeds one version: its user input, its item input, the output it ranks by."""
+
+    def __init__(self, version: ServedVersion) -> None:
+        signature = version.signature
+        where = f"model '{version.name}' version {version.version}"
+        for spec in signature.inputs:
+            if spec.source not in _SERVED_SOURCES:
+                raise InvalidInput(
+                    f"input '{spec.name}' of {where} takes its value from the {spec.source}; "
+                    + _NOT_YET
+                )
+        user, item = signature.one_from(Source.USER), signature.one_from(Source.ITEM)
+        if user is None or item is None:
+            missing = _SERVED_SOURCES[Source.USER if user is None else Source.ITEM]
+            raise InvalidInput(f"{where} has no input for {missing}; {_NOT_YET}")
+        self.user: InputSpec = user
+        self.item: InputSpec = item
+        self.score = signature.score
+        self.items = version.vocabulary(self.item)  # never the version: the cache holds this
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.items)
+
+    def feeds(self, user_row: np.int64, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """One user against many items: the user's row repeated beside each item's row."""
+        return {self.user.name: np.full(item_rows.shape, user_row), self.item.name: item_rows}
+
+
+_feedings: weakref.WeakKeyDictionary[ServedVersion, Feeding] = weakref.WeakKeyDictionary()
+
+
+def feeding_of(version: ServedVersion) -> Feeding:
+    """The version's :class:`Feeding`, read from its signature once; 400 if /v1 cannot serve it."""
+    feeding = _feedings.get(version)
+    if feeding is None:
+        feeding = _feedings[version] = Feeding(version)
+    return feeding
 
 
 @dataclass(frozen=True)
@@ -48,29 +92,30 @@ class Recommendation:
     unknown_items: list[str]
 
 
-async def recommend(version: LoadedVersion, request: RecommendRequest) -> Recommendation:
+async def recommend(version: ServedVersion, request: RecommendRequest) -> Recommendation:
     """Top-k items for one user over the candidates (default: the whole catalog), best first."""
-    user_rows, unknown_users = version.user_rows([request.user_id])
+    feeding = feeding_of(version)
+    user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
     unknown_items: list[str] = []
     tie_rank: np.ndarray | None = None  # for the catalog, computed once; for candidates, no need
     if request.candidates is None:
-        catalog = catalog_of(version)
+        catalog = feeding.catalog
         rows, ids, tie_rank = catalog.rows, catalog.ids, catalog.tie_rank
     else:
         candidate_ids = list(dict.fromkeys(request.candidates))  # first occurrence wins
-        rows, unknown_items = version.item_rows(candidate_ids)
+        rows, unknown_items = version.rows(feeding.item, candidate_ids)
         ids = np.array(candidate_ids, dtype=object)
     if request.exclude:
-        excluded_rows, _ = version.items.rows(request.exclude)
-        excluded_rows = excluded_rows[excluded_rows != 0]  # unknown excluded ids are ignored
+        excluded_rows, _ = feeding.items.rows(request.exclude)  # not counted as unknown ids
+        excluded_rows = excluded_rows[excluded_rows != UNKNOWN_ROW]  # unknown ones are ignored
         if excluded_rows.size:
             keep = ~np.isin(rows, excluded_rows)
             rows, ids = rows[keep], ids[keep]
             tie_rank = None if tie_rank is None else tie_rank[keep]
     if rows.size == 0:
         return Recommendation([], [], bool(unknown_users), unknown_items)
-    outputs = await version.infer({"user": np.full(rows.shape, user_rows[0]), "item": rows})
-    scores = outputs["score"]
+    outputs = await version.infer(feeding.feeds(user_rows[0], rows))
+    scores = outputs[feeding.score]
     if tie_rank is None:
         best = top_k_by_id(scores, ids, request.k)
     else:
@@ -81,10 +126,11 @@ async def recommend(version: LoadedVersion, request: RecommendRequest) -> Recomm
 
 
 async def score(
-    version: LoadedVersion, request: ScoreRequest
+    version: ServedVersion, request: ScoreRequest
 ) -> tuple[list[float], bool, list[str]]:
     """One score per requested item, in request order; plus which ids were unknown."""
-    user_rows, unknown_users = version.user_rows([request.user_id])
-    rows, unknown_items = version.item_rows(request.item_ids)
-    outputs = await version.infer({"user": np.full(rows.shape, user_rows[0]), "item": rows})
-    return outputs["score"].tolist(), bool(unknown_users), unknown_items
+    feeding = feeding_of(version)
+    user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
+    rows, unknown_items = version.rows(feeding.item, request.item_ids)
+    outputs = await version.infer(feeding.feeds(user_rows[0], rows))
+    return outputs[feeding.score].tolist(), bool(unknown_users), unknown_items

@@ -1,5 +1,5 @@
-"""The KServe V2 / Open Inference Protocol REST API (the protocol Triton speaks)."""
+"""The KServe V2 / Open Inference Protocol REST API (the protocol Triton speaks).
 
-from service.v2.routes import create_router
-
-__all__ = ["create_router"]
+Handlers in :mod:`service.v2.routes` and :mod:`service.v2.repository`; their paths and OpenAPI in
+the endpoint table, service.endpoints.
+"""

@@ -1,30 +1,16 @@
-"""OpenAPI descriptions of what the handlers read themselves: path parameters and raw bodies.
+"""OpenAPI descriptions of what the V2 handlers read themselves: raw bodies and headers.
 
 The handlers take the bare request (bodies are read raw, see :mod:`service.v2.routes`), so FastAPI
 cannot derive these parts of the schema; they are declared here, for ``/docs`` and for tools that
-generate requests from the schema.
+generate requests from the schema (the path's parameters: service.http.routing).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from modelrepo import two_id_signature
+from service.http.routing import OpenApi, json_body
 from service.v2.codec import DATATYPES, HEADER_LENGTH
 
-_MODEL = {
-    "name": "model",
-    "in": "path",
-    "required": True,
-    "description": "Model name: 1 to 64 of a-z 0-9 _ . - starting with a letter or digit.",
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
-}
-_VERSION = {
-    "name": "version",
-    "in": "path",
-    "required": True,
-    "description": "Model version: a positive integer.",
-    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"},
-}
 _ENCODING = {
     "name": "Content-Encoding",
     "in": "header",
@@ -40,6 +26,8 @@ _HEADER_LENGTH = {
     "schema": {"type": "integer", "minimum": 0},
 }
 
+# The example request is one for the collaborative-filtering models' signature.
+_EXAMPLE = two_id_signature(n_user_rows=2, n_item_rows=8)
 _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
@@ -77,48 +65,36 @@ INFER_REQUEST = {
     "examples": [
         {
             "inputs": [
-                {"name": "user", "shape": [2], "datatype": "INT64", "data": [1, 1]},
-                {"name": "item", "shape": [2], "datatype": "INT64", "data": [3, 7]},
+                {"name": spec.name, "shape": [2], "datatype": spec.dtype, "data": data}
+                for spec, data in zip(_EXAMPLE.inputs, ([1, 1], [3, 7]), strict=True)
             ]
         }
     ],
 }
-_REPOSITORY_BODIES = {
-    "repository_index": {
-        "type": "object",
-        "properties": {"ready": {"type": "boolean", "description": "Only READY entries."}},
-    },
-    "repository_load": {"type": "object", "properties": {"parameters": {"type": "object"}}},
-    "repository_unload": {"type": "object", "properties": {"parameters": {"type": "object"}}},
-}
-
-
-def path_parameters(path: str) -> list[dict[str, Any]]:
-    """The ``model`` and ``version`` parameters a route path holds."""
-    return [p for p in (_MODEL, _VERSION) if "{" + str(p["name"]) + "}" in path]
-
-
-def operation_extra(path: str, name: str) -> dict[str, Any]:
-    """What to add to the generated OpenAPI operation of route ``name`` at ``path``."""
-    extra: dict[str, Any] = {}
-    parameters = path_parameters(path)
-    if name == "infer":
-        parameters = [*parameters, _HEADER_LENGTH, _ENCODING]
-        extra["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": INFER_REQUEST},
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                    "description": f"JSON header of {HEADER_LENGTH} bytes, then tensor data.",
-                },
+INFER = OpenApi(
+    request_body={
+        "required": True,
+        "content": {
+            "application/json": {"schema": INFER_REQUEST},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"JSON header of {HEADER_LENGTH} bytes, then tensor data.",
             },
-        }
-    elif name in _REPOSITORY_BODIES:
-        extra["requestBody"] = {
-            "required": False,
-            "content": {"application/json": {"schema": _REPOSITORY_BODIES[name]}},
-        }
-    if parameters:
-        extra["parameters"] = parameters
-    return extra
+        },
+    },
+    parameters=(_HEADER_LENGTH, _ENCODING),
+)
+REPOSITORY_INDEX = OpenApi(
+    request_body=json_body(
+        {
+            "type": "object",
+            "properties": {"ready": {"type": "boolean", "description": "Only READY entries."}},
+        },
+        required=False,
+    )
+)
+REPOSITORY_ACTION = OpenApi(
+    request_body=json_body(
+        {"type": "object", "properties": {"parameters": {"type": "object"}}}, required=False
+    )
+)
