@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from training.models.base import ForwardCache, GraphNodes, Model, Table
 from training.models.config import ModelConfig
+from training.models.factory import build_model, model_class
 from training.models.mlp import NCFMLP
 from training.models.neumf import NeuMF
-from training.models.registry import build_model, kind_names, model_class, register
+from training.models.registry import kind_names, register
 
 __all__ = [
     "NCFMLP",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from training.models.registry import model_class
+from training.models.registry import registered
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        model_class(self.kind)  # raises ValueError naming the registered kinds
+        registered(self.kind)  # raises ValueError naming the registered kinds
         if self.embedding_dim < 1 or self.gmf_dim < 1:
             raise ValueError("embedding sizes must be positive")
         if not self.tower or any(width < 1 for width in self.tower):
