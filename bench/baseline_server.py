@@ -19,6 +19,8 @@ import onnxruntime as ort
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from modelrepo import Source, read_version
+
 
 class Tensor(BaseModel):
     name: str
@@ -43,14 +45,16 @@ class RecommendRequest(BaseModel):
 
 
 def create_app() -> FastAPI:
-    version_dir = Path(os.environ["BASELINE_VERSION_DIR"])
+    stored = read_version(Path(os.environ["BASELINE_VERSION_DIR"]))
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("BASELINE_ORT_THREADS", "0"))
-    session = ort.InferenceSession(
-        str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    session = ort.InferenceSession(stored.model, options, providers=["CPUExecutionProvider"])
+    signature = stored.manifest.signature
+    user_ids, item_ids = (
+        stored.vocabulary(spec).ids
+        for spec in (signature.one_from(Source.USER), signature.one_from(Source.ITEM))
+        if spec is not None
     )
-    user_ids = (version_dir / "users.txt").read_text().split()
-    item_ids = (version_dir / "items.txt").read_text().split()
     user_rows = {user: row for row, user in enumerate(user_ids, start=1)}  # row 0: unknown id
     item_rows = {item: row for row, item in enumerate(item_ids, start=1)}
     catalog = np.arange(1, len(item_ids) + 1, dtype=np.int64)

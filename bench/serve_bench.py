@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -46,8 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from service.cli import build_parser, settings_from_args  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from training.export import INPUT_NAMES, OUTPUT_NAME, export_onnx  # noqa: E402
-from training.publish import existing_versions, publish_version  # noqa: E402
+from tests.factories import latest_ids, publish_mlp_version, random_params  # noqa: E402
+from tests.server_process import (  # noqa: E402
+    ServerError,
+    ServerProcess,
+    cpu_seconds,
+    launch,
+    process_tree,
+)
 
 BENCH = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH / "wrk" / "post_bodies.lua"
@@ -73,64 +78,33 @@ class Model:
     item_ids: list[str]
 
 
-def random_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """NCF-MLP parameters with the names ``training.export`` expects (row 0: unknown id)."""
-    params = {
-        "user_emb": rng.normal(0, 0.5, (N_USERS + 1, EMBEDDING_DIM)),
-        "item_emb": rng.normal(0, 0.5, (N_ITEMS + 1, EMBEDDING_DIM)),
-    }
-    width = 2 * EMBEDDING_DIM
-    for layer, out in enumerate(TOWER):
-        params[f"W{layer}"] = rng.normal(0, np.sqrt(2 / width), (width, out))
-        params[f"b{layer}"] = rng.normal(0, 0.05, out)
-        width = out
-    params["w_out"] = rng.normal(0, np.sqrt(1 / width), (width, 1))
-    params["b_out"] = np.zeros(1)
-    return {name: value.astype(np.float32) for name, value in params.items()}
-
-
 def publish_bench_model(repository: Path, seed: int) -> Model:
     """Publish an ML-1M-sized NCF-MLP with random weights; ids as in ML-1M (users 1..6040)."""
     rng = np.random.default_rng(seed)
-    params = random_params(rng)
+    params = random_params(N_USERS + 1, N_ITEMS + 1, dim=EMBEDDING_DIM, tower=TOWER, seed=seed)
     user_ids = [str(u) for u in range(1, N_USERS + 1)]
     item_numbers = np.sort(rng.choice(np.arange(1, ML1M_MAX_ITEM_ID + 1), N_ITEMS, replace=False))
     item_ids = [str(i) for i in item_numbers]
-
-    def write(staging: Path) -> None:
-        export_onnx(params, "mlp", staging / "model.onnx")
-        (staging / "users.txt").write_text("".join(f"{u}\n" for u in user_ids))
-        (staging / "items.txt").write_text("".join(f"{i}\n" for i in item_ids))
-        metadata = {
-            "kind": "mlp",
-            "hyperparameters": {"embedding_dim": EMBEDDING_DIM, "tower": list(TOWER)},
-            "inputs": [{"name": n, "datatype": "INT64", "shape": [-1]} for n in INPUT_NAMES],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}],
-            "n_user_rows": N_USERS + 1,
-            "n_item_rows": N_ITEMS + 1,
-            "unknown_row": 0,
-            "dataset": {"name": "random weights, MovieLens-1M sized", "size": 0},
-            "model_sha256": hashlib.sha256((staging / "model.onnx").read_bytes()).hexdigest(),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-
-    published = publish_version(repository, MODEL_NAME, write)
+    published = publish_mlp_version(
+        repository,
+        MODEL_NAME,
+        params,
+        user_ids,
+        item_ids,
+        hyperparameters={"embedding_dim": EMBEDDING_DIM, "tower": list(TOWER)},
+        dataset={"name": "random weights, MovieLens-1M sized", "size": 0},
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     return Model(MODEL_NAME, published.path, user_ids, item_ids)
 
 
 def existing_model(repository: Path, name: str) -> Model:
     """The highest version of ``name`` in an existing repository."""
-    versions = existing_versions(repository / name)
-    if not versions:
-        raise SystemExit(f"no versions of model {name!r} under {repository}")
-    version_dir = repository / name / str(versions[-1])
-    return Model(
-        name,
-        version_dir,
-        (version_dir / "users.txt").read_text().split(),
-        (version_dir / "items.txt").read_text().split(),
-    )
+    try:
+        version_dir, user_ids, item_ids = latest_ids(repository, name)
+    except LookupError as exc:
+        raise SystemExit(str(exc)) from None
+    return Model(name, version_dir, user_ids, item_ids)
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -207,14 +181,6 @@ def answer_of(scenario: Scenario, response: dict[str, Any]) -> list[Any]:
 # ----------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -244,16 +210,14 @@ def niced(argv: list[str], nice: int) -> list[str]:
     return ["nice", "-n", str(nice), *argv] if nice else argv
 
 
-def start_process(name: str, argv: list[str], env: dict[str, str], out: Path, port: int) -> Server:
-    log_path = out / f"{name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Server(name, process, f"http://127.0.0.1:{port}", log_path)
+def start_process(
+    name: str, argv: list[str], env: dict[str, str], out: Path, port: int
+) -> ServerProcess:
+    """A server in a process group of its own, so that stopping it stops its workers too."""
+    return launch(argv, out / f"{name}.log", env=env, port=port, name=name, group=True)
 
 
-def start_recserve(argv: list[str], out: Path, port: int, nice: int) -> Server:
+def start_recserve(argv: list[str], out: Path, port: int, nice: int) -> ServerProcess:
     executable = Path(sys.executable).parent / "recserve"
     command = str(executable) if executable.exists() else shutil.which("recserve") or "recserve"
     return start_process(RECSERVE, niced([command, *argv], nice), dict(os.environ), out, port)
@@ -261,7 +225,7 @@ def start_recserve(argv: list[str], out: Path, port: int, nice: int) -> Server:
 
 def start_baseline(
     model: Model, workers: int, ort_threads: int, out: Path, port: int, nice: int
-) -> Server:
+) -> ServerProcess:
     argv = [
         sys.executable,
         "-m",
@@ -284,88 +248,29 @@ def start_baseline(
     return start_process(BASELINE, niced(argv, nice), env, out, port)
 
 
-def wait_ready(server: Server, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"{server.name} exited ({server.process.returncode}): {tail(server)}"
-            )
-        url = f"{server.base_url}/v2/health/ready"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
-            if reply.status == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.name} not ready after {timeout_s:.0f} s: {tail(server)}")
-
-
-def tail(server: Server, lines: int = 20) -> str:
-    text = server.log_path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
-
-
-def stop(server: Server, grace_s: float = 15.0) -> None:
+def stop(server: ServerProcess, grace_s: float = 15.0) -> None:
     """SIGTERM to the server's process group, then SIGKILL if it has not exited in time."""
-    if server.process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            print(f"{server.name} did not stop in {grace_s:.0f} s; killing it")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGKILL)  # workers left behind, if any
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.process.wait(5)
+    try:
+        server.stop(grace_s)
+    except ServerError:
+        print(f"{server.name} did not stop in {grace_s:.0f} s; killing it")
 
 
 @contextlib.contextmanager
-def running(starters: Sequence[Callable[[], Server]]) -> Iterator[list[Server]]:
-    servers: list[Server] = []
+def running(starters: Sequence[Callable[[], ServerProcess]]) -> Iterator[list[ServerProcess]]:
+    servers: list[ServerProcess] = []
     try:
         for start in starters:
             servers.append(start())
         for server in servers:
-            wait_ready(server)
+            server.wait_ready(READY_TIMEOUT_S)
         yield servers
     finally:
         for server in servers:
             stop(server)
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User plus system CPU time of the processes (all their threads), in seconds."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def settle(server: Server, idle_percent: float = 10.0, timeout_s: float = 15.0) -> None:
+def settle(server: ServerProcess, idle_percent: float = 10.0, timeout_s: float = 15.0) -> None:
     """Wait until the server has finished what a previous run left queued."""
     pids = process_tree(server.process.pid)
     deadline = time.monotonic() + timeout_s
@@ -474,7 +379,7 @@ def run_wrk(
 
 
 def measure(
-    server: Server,
+    server: ServerProcess,
     scenario: Scenario,
     url: str,
     bodies: Path,
@@ -507,7 +412,7 @@ def measure(
 
 
 def probe(
-    servers: Sequence[Server], scenario: Scenario, model: Model, bodies: Path
+    servers: Sequence[ServerProcess], scenario: Scenario, model: Model, bodies: Path
 ) -> dict[str, str]:
     """Check one request per server before loading it; returns why a server cannot run it."""
     body = bodies.read_text().splitlines()[0]
@@ -515,7 +420,7 @@ def probe(
     problems: dict[str, str] = {}
     answers: dict[str, list[Any]] = {}
     for server in servers:
-        status, reply = post_json(server.base_url + path, body)
+        status, reply = post_json(server.url + path, body)
         if status == 404:
             problems[server.name] = f"no {path} (404)"
         elif status != 200:
@@ -728,12 +633,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bodies", type=int, default=512, help="distinct bodies per scenario")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--timeout", type=int, default=10, help="wrk socket timeout, seconds")
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="run servers and wrk at this niceness (e.g. -10 on a shared machine; needs root)",
-    )
+    nice = "run servers and wrk at this niceness (e.g. -10 on a shared machine; needs root)"
+    parser.add_argument("--nice", type=int, default=0, help=nice)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -778,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.name: write_bodies(s, model, args.bodies, args.seed + i, out)
         for i, s in enumerate(chosen)
     }
-    starters: list[Callable[[], Server]] = []
+    starters: list[Callable[[], ServerProcess]] = []
     if args.only in (None, BASELINE):
         starters.append(
             lambda: start_baseline(
@@ -806,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for round_index in range(args.rounds):
                     # Alternate which server goes first, so neither always follows the other.
                     for server in servers if round_index % 2 == 0 else servers[::-1]:
-                        url = server.base_url + scenario.path.format(m=model.name)
+                        url = server.url + scenario.path.format(m=model.name)
                         m = measure(server, scenario, url, bodies[scenario.name], concurrency, args)
                         rounds[server.name].append(m)
                         print_progress(m)

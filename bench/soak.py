@@ -25,13 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -44,8 +40,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.export import INPUT_NAMES, OUTPUT_NAME, export_onnx  # noqa: E402
-from training.publish import existing_versions, publish_version  # noqa: E402
+from tests.factories import latest_ids, publish_mlp_version, random_params  # noqa: E402
+from tests.raw_http import AsyncConnection  # noqa: E402
+from tests.server_process import (  # noqa: E402
+    ServerError,
+    ServerProcess,
+    launch,
+    rss_bytes,
+    serve_command,
+)
 
 OUT = ROOT / "bench" / "out" / "soak"
 MODEL_NAME = "ml1m-mlp"
@@ -54,45 +57,23 @@ CANDIDATES = 100
 MIX = (("score", 0.7), ("infer", 0.2), ("recommend", 0.1))
 MAX_IN_FLIGHT = 1024  # beyond this the client counts a scheduled request as an error, unsent
 RSS_GROWTH_LIMIT = 0.10
-_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+JSON = {"Content-Type": "application/json"}
 
 
 # ----------------------------------------------------------------------------- the model
 
 
 def publish_model(repository: Path, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    params: dict[str, np.ndarray] = {
-        "user_emb": rng.normal(0, 0.5, (N_USERS + 1, DIM)),
-        "item_emb": rng.normal(0, 0.5, (N_ITEMS + 1, DIM)),
-    }
-    width = 2 * DIM
-    for layer, out in enumerate(TOWER):
-        params[f"W{layer}"] = rng.normal(0, np.sqrt(2 / width), (width, out))
-        params[f"b{layer}"] = rng.normal(0, 0.05, out)
-        width = out
-    params["w_out"] = rng.normal(0, np.sqrt(1 / width), (width, 1))
-    params["b_out"] = np.zeros(1)
-    params = {name: value.astype(np.float32) for name, value in params.items()}
-
-    def write(staging: Path) -> None:
-        export_onnx(params, "mlp", staging / "model.onnx")
-        (staging / "users.txt").write_text("".join(f"{u}\n" for u in range(1, N_USERS + 1)))
-        (staging / "items.txt").write_text("".join(f"{i}\n" for i in range(1, N_ITEMS + 1)))
-        metadata = {
-            "kind": "mlp",
-            "hyperparameters": {"embedding_dim": DIM, "tower": list(TOWER)},
-            "inputs": [{"name": n, "datatype": "INT64", "shape": [-1]} for n in INPUT_NAMES],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}],
-            "n_user_rows": N_USERS + 1,
-            "n_item_rows": N_ITEMS + 1,
-            "unknown_row": 0,
-            "dataset": {"name": "random weights, MovieLens-1M sized", "size": 0},
-            "model_sha256": hashlib.sha256((staging / "model.onnx").read_bytes()).hexdigest(),
-        }
-        (staging / "metadata.json").write_text(json.dumps(metadata))
-
-    publish_version(repository, MODEL_NAME, write)
+    params = random_params(N_USERS + 1, N_ITEMS + 1, dim=DIM, tower=TOWER, seed=seed)
+    publish_mlp_version(
+        repository,
+        MODEL_NAME,
+        params,
+        [str(u) for u in range(1, N_USERS + 1)],
+        [str(i) for i in range(1, N_ITEMS + 1)],
+        hyperparameters={"embedding_dim": DIM, "tower": list(TOWER)},
+        dataset={"name": "random weights, MovieLens-1M sized", "size": 0},
+    )
 
 
 @dataclass(frozen=True)
@@ -103,15 +84,11 @@ class Workload:
 
     @classmethod
     def of(cls, repository: Path, model: str) -> Workload:
-        versions = existing_versions(repository / model)
-        if not versions:
-            raise SystemExit(f"no versions of model {model!r} under {repository}")
-        version_dir = repository / model / str(versions[-1])
-        return cls(
-            model,
-            (version_dir / "users.txt").read_text().split(),
-            (version_dir / "items.txt").read_text().split(),
-        )
+        try:
+            _, user_ids, item_ids = latest_ids(repository, model)
+        except LookupError as exc:
+            raise SystemExit(str(exc)) from None
+        return cls(model, user_ids, item_ids)
 
     def bodies(self, n: int, seed: int) -> list[tuple[str, bytes]]:
         """``n`` requests (path, JSON body) in the mix's proportions, in random order."""
@@ -148,106 +125,23 @@ class Workload:
 
 
 @contextlib.contextmanager
-def running_server(repository: Path, log_path: Path) -> Iterator[tuple[str, int, int]]:
-    """``recserve serve`` on a free port: yields (host, port, pid); SIGTERM (then SIGKILL) after."""
-    env = dict(os.environ)
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--model-repository", str(repository)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+def running_server(repository: Path, log_path: Path) -> Iterator[ServerProcess]:
+    """``recserve serve`` on a free port, with this environment's settings; SIGTERM (then
+    SIGKILL) after."""
+    server = launch(serve_command(repository), log_path, env=os.environ)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            match = _LISTENING.search(log_path.read_bytes())
-            if match:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start; see {log_path}")
-            time.sleep(0.1)
-        yield "127.0.0.1", int(match.group(1)), process.pid
+        try:
+            server.wait_listening(180)
+        except ServerError:
+            raise SystemExit(f"the server did not start; see {log_path}") from None
+        yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with contextlib.suppress(ServerError):
+            server.stop(60)
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# ----------------------------------------------------------------------------- the client
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; the client does as little work as it can.
-
-    A connection left idle for longer than the server keeps it (uvicorn: 5 s) is not reused; one
-    the server closed just as it was reused is reopened and the request sent again, once, as
-    HTTP clients do (the server closed it before reading the request).
-    """
-
-    IDLE_S = 4.0
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.last_used = 0.0
-
-    async def post(self, path: str, body: bytes) -> int:
-        if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_S:
-            self.close()
-        reused = self.writer is not None
-        try:
-            return await self._post(path, body)
-        except (ConnectionResetError, asyncio.IncompleteReadError) as exc:
-            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
-                raise
-            self.close()
-            return await self._post(path, body)
-
-    async def _post(self, path: str, body: bytes) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        head_in = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head_in.split(b" ", 2)[1])
-        length = 0
-        close = False
-        for line in head_in.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-        await self.reader.readexactly(length)
-        self.last_used = time.monotonic()
-        if close:
-            self.close()
-        return status
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+    return rss_bytes(pid) / 2**20
 
 
 @dataclass
@@ -272,14 +166,12 @@ def percentile(values: list[float], q: float) -> float:
 class Load:
     """Sends requests from a pool of connections, on a schedule or as fast as answered."""
 
-    def __init__(
-        self, host: str, port: int, requests: list[tuple[str, bytes]], max_in_flight: int
-    ) -> None:
-        self.host, self.port = host, port
+    def __init__(self, port: int, requests: list[tuple[str, bytes]], max_in_flight: int) -> None:
+        self.port = port
         self.requests = requests
         self.max_in_flight = max_in_flight
         self.next = 0
-        self.idle: list[Connection] = []
+        self.idle: list[AsyncConnection] = []
         self.busy = 0  # requests in flight, each on its own connection
         self.window = Window()
         self.saturated = 0  # scheduled requests not sent: every connection was busy
@@ -290,17 +182,17 @@ class Load:
         return request
 
     async def _send(self, scheduled: float) -> None:
-        connection = self.idle.pop() if self.idle else Connection(self.host, self.port)
+        connection = self.idle.pop() if self.idle else AsyncConnection(self.port, reconnect=True)
         path, body = self._take()
         error: str | None = None
         self.busy += 1
         try:
-            status = await asyncio.wait_for(connection.post(path, body), 60)
-            if status != 200:
-                error = f"HTTP {status}"
+            reply = await asyncio.wait_for(connection.request("POST", path, body, JSON), 60)
+            if reply.status != 200:
+                error = f"HTTP {reply.status}"
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             error = type(exc).__name__
-            connection.close()
+            await connection.close()
         finally:
             self.busy -= 1
         self.window.add(time.monotonic() - scheduled, error)
@@ -383,19 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     repository = args.repository
     if repository is None:
         repository = OUT / "repository"
-        if not existing_versions(repository / MODEL_NAME):
+        try:
+            latest_ids(repository, MODEL_NAME)
+        except LookupError:
             publish_model(repository)
     workload = Workload.of(repository, args.model)
     requests = workload.bodies(4096, seed=0)
 
-    with running_server(repository, OUT / "recserve.log") as (host, port, pid):
-        return asyncio.run(soak(args, host, port, pid, requests))
+    with running_server(repository, OUT / "recserve.log") as server:
+        return asyncio.run(soak(args, server, requests))
 
 
 async def soak(
-    args: argparse.Namespace, host: str, port: int, pid: int, requests: list[tuple[str, bytes]]
+    args: argparse.Namespace, server: ServerProcess, requests: list[tuple[str, bytes]]
 ) -> int:
-    load = Load(host, port, requests, args.max_in_flight)
+    load = Load(server.port, requests, args.max_in_flight)
     peak = await load.closed_loop(args.peak_connections, args.peak_seconds)
     peak_window, load.window = load.window, Window()
     rate = args.rate or args.share * peak
@@ -410,7 +304,7 @@ async def soak(
 
     await load.open_loop(rate, args.warmup)  # reaches a steady state first
     load.window = Window()
-    rss_start = rss_mib(pid)
+    rss_start = rss_mib(server.pid)
     print(f"RSS after warm-up: {rss_start:.1f} MiB", flush=True)
     print(
         f"{'t (s)':>6} {'requests':>9} {'errors':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
@@ -420,7 +314,7 @@ async def soak(
     intervals: list[dict[str, Any]] = []
     totals = Window()
     started = time.monotonic()
-    cpu_at = [cpu_seconds(pid)]
+    cpu_at = [server.cpu_seconds()]
 
     def report(final: bool = False) -> None:
         elapsed = time.monotonic() - started
@@ -432,7 +326,7 @@ async def soak(
             totals.error_kinds[kind] = totals.error_kinds.get(kind, 0) + count
         if final and span < 1.0:
             return  # the stragglers of the last interval, already reported
-        cpu_now = cpu_seconds(pid)
+        cpu_now = server.cpu_seconds()
         cpu_used, cpu_at[0] = cpu_now - cpu_at[0], cpu_now
         row = {
             "t": round(elapsed, 1),
@@ -441,7 +335,7 @@ async def soak(
             "rate": len(window.latencies) / span if span > 0 else 0.0,
             "p50_ms": percentile(window.latencies, 50) * 1e3,
             "p99_ms": percentile(window.latencies, 99) * 1e3,
-            "rss_mib": rss_mib(pid),
+            "rss_mib": rss_mib(server.pid),
             # the server's CPU use (100 = one core) and the machine's 1-minute load average
             "cpu_percent": 100 * cpu_used / span if span > 0 else 0.0,
             "load_average": os.getloadavg()[0],
@@ -461,7 +355,7 @@ async def soak(
 
     await load.open_loop(rate, args.duration, tick)
     report(final=True)  # the last, partial interval
-    rss_end = rss_mib(pid)
+    rss_end = rss_mib(server.pid)
     growth = rss_end / rss_start - 1
     summary = {
         "peak_rps": peak,

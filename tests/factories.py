@@ -1,15 +1,20 @@
-"""Small model versions for tests without training: random weights, real export and publish."""
+"""Small model versions for tests and benches without training: random NCF-MLP weights, the real
+export, published through the repository contract as training publishes."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from training.export import INPUT_NAMES, OUTPUT_NAME, export_onnx
-from training.publish import PublishedVersion, publish_version
+from modelrepo import Manifest, PublishedVersion, Source, Vocabulary, two_id_signature
+from modelrepo.layout import ITEMS_FILE, USERS_FILE, list_versions
+from modelrepo.version import read_version, write_version
+from training.export import model_bytes
+
+RANDOM_DATASET = {"name": "random", "size": 0, "content_hash": ""}
 
 
 def random_params(
@@ -46,7 +51,26 @@ def reference_scores(
         x = np.maximum(x @ params[f"W{layer}"] + params[f"b{layer}"], 0)
         layer += 1
     logit = (x @ params["w_out"] + params["b_out"])[:, 0]
-    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+    scores: np.ndarray = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    return scores
+
+
+def publish_mlp_version(
+    repository: Path,
+    model_name: str,
+    params: dict[str, np.ndarray],
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    **records: Any,
+) -> PublishedVersion:
+    """Publish an NCF-MLP version of ``params`` whose embedding row ``i + 1`` is id ``i`` of the
+    vocabulary (row 0: unknown); ``records`` (dataset, hyper-parameters...) go into the manifest."""
+    signature = two_id_signature(len(user_ids) + 1, len(item_ids) + 1)
+    manifest = Manifest.model_validate(
+        {"dataset": RANDOM_DATASET, **records, "kind": "mlp", "signature": signature}
+    )
+    vocabularies = {USERS_FILE: Vocabulary(user_ids), ITEMS_FILE: Vocabulary(item_ids)}
+    return write_version(repository, model_name, manifest, model_bytes(params, "mlp"), vocabularies)
 
 
 def publish_random_version(
@@ -57,27 +81,28 @@ def publish_random_version(
     n_items: int = 40,
     seed: int = 0,
     id_prefix: str = "",
+    dim: int = 8,
+    tower: tuple[int, ...] = (16, 8),
 ) -> tuple[PublishedVersion, dict[str, np.ndarray]]:
-    """Publish a version with ``n_users``/``n_items`` vocabulary ids (plus the unknown row 0)."""
-    params = random_params(n_users + 1, n_items + 1, seed=seed)
+    """Publish a version with ids ``u0..``/``i0..`` (after ``id_prefix``), ``n_users`` and
+    ``n_items`` of them plus the unknown row 0; its cost per row is set by ``dim`` and ``tower``."""
+    params = random_params(n_users + 1, n_items + 1, dim=dim, tower=tower, seed=seed)
     user_ids = [f"{id_prefix}u{i}" for i in range(n_users)]
     item_ids = [f"{id_prefix}i{i}" for i in range(n_items)]
+    return publish_mlp_version(repository, model_name, params, user_ids, item_ids), params
 
-    def write(staging: Path) -> None:
-        export_onnx(params, "mlp", staging / "model.onnx")
-        (staging / "users.txt").write_text("".join(f"{u}\n" for u in user_ids))
-        (staging / "items.txt").write_text("".join(f"{i}\n" for i in item_ids))
-        digest = hashlib.sha256((staging / "model.onnx").read_bytes()).hexdigest()
-        metadata = {
-            "kind": "mlp",
-            "inputs": [{"name": n, "datatype": "INT64", "shape": [-1]} for n in INPUT_NAMES],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}],
-            "n_user_rows": n_users + 1,
-            "n_item_rows": n_items + 1,
-            "unknown_row": 0,
-            "model_sha256": digest,
-            "dataset": {"name": "random", "size": 0, "content_hash": ""},
-        }
-        (staging / "metadata.json").write_text(json.dumps(metadata))
 
-    return publish_version(repository, model_name, write), params
+def latest_ids(repository: Path, model_name: str) -> tuple[Path, list[str], list[str]]:
+    """The highest version of a model that takes a user and an item, and their raw ids (id ``i``
+    of a list is row ``i + 1``); LookupError when there is no such version."""
+    try:
+        versions = list_versions(repository / model_name)
+    except OSError:  # no such model
+        versions = ()
+    if not versions:
+        raise LookupError(f"no versions of model {model_name!r} under {repository}")
+    stored = read_version(repository / model_name / str(versions[-1]))
+    user, item = map(stored.manifest.signature.one_from, (Source.USER, Source.ITEM))
+    if user is None or item is None:
+        raise LookupError(f"model {model_name!r} does not take a user and an item")
+    return stored.path, stored.vocabulary(user).ids, stored.vocabulary(item).ids

@@ -10,27 +10,23 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.factories import reference_scores
+from tests.raw_http import connect, read_response, request_head
 from tests.reliability_tools import (
-    HEAVY_TOWER,
     binary_scores,
-    connect,
     infer_body,
     json_body,
     metric_value,
-    publish_model,
     random_rows,
-    read_response,
-    request_head,
+    start_heavy,
     wait_until,
 )
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess, Servers
 
 N_USERS, N_ITEMS = 50, 40
 BATCH_ROWS = 1024
@@ -39,34 +35,21 @@ Params = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Params]]:
-    """A server that, once the tests are done, must still stop at once, cleanly, with status 0."""
-    root = tmp_path_factory.mktemp("client-faults")
-    _, params = publish_model(
-        root / "repo", "heavy", n_users=N_USERS, n_items=N_ITEMS, dim=32, tower=HEAVY_TOWER
+def served(
+    module_servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ServerProcess, Params]:
+    """A server that, once the tests are done, must still stop at once, cleanly, with status 0:
+    with no request left in flight (the grace period never runs out)."""
+    repository = tmp_path_factory.mktemp("client-faults")
+    return start_heavy(
+        module_servers,
+        repository,
+        max_batch_rows=BATCH_ROWS,
+        queue_capacity_rows=1_000_000,
+        shutdown_grace_s=20,
+        stop_timeout_s=60,
+        forbidden=("grace period over", "Traceback", "Exception in ASGI"),
     )
-    running = start_server(
-        root / "repo",
-        root / "server.log",
-        "--poll-interval-s",
-        "0",
-        "--max-batch-rows",
-        str(BATCH_ROWS),
-        "--queue-capacity-rows",
-        "1000000",
-        "--shutdown-grace-s",
-        "20",
-        "--ort-intra-op-threads",
-        "1",
-    )
-    try:
-        yield running, params
-    finally:
-        status = running.stop(60)
-    log = running.log()
-    assert status == 0, log
-    assert "grace period over" not in log, "a request was left in flight"
-    assert "Traceback" not in log and "Exception in ASGI" not in log, log
 
 
 def _stats(server: ServerProcess) -> dict[str, int]:

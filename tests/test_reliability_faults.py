@@ -4,12 +4,11 @@ wrong (repository index, load-failure metric, log) and recovers once the reposit
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,32 +16,31 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.factories import random_params, reference_scores
+from modelrepo import MANIFEST_FILE, MODEL_FILE, list_versions, read_manifest
+from tests.factories import publish_random_version, random_params, reference_scores
 from tests.reliability_tools import (
     binary_scores,
     infer_body,
     metric_value,
-    publish_model,
     random_rows,
     repository_index,
     served_versions,
     wait_until,
-    write_version,
 )
-from tests.server_process import ServerProcess, start_server
-from training.publish import publish_version
+from tests.server_process import ServerProcess, Servers
 
 TOKEN = "fault-token"
+ADMIN_ENV = {"RECSERVE_ADMIN_TOKEN": TOKEN}
 N_USERS, N_ITEMS = 50, 40
 Params = dict[str, np.ndarray]
 
 
 def _sha256_of_model(version_dir: Path) -> None:
-    """Make metadata.json's checksum match model.onnx as it now is."""
-    path = version_dir / "metadata.json"
-    metadata = json.loads(path.read_text())
-    metadata["model_sha256"] = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
-    path.write_text(json.dumps(metadata))
+    """Make the manifest's checksum match model.onnx as it now is."""
+    manifest = read_manifest(version_dir)
+    digest = hashlib.sha256((version_dir / MODEL_FILE).read_bytes()).hexdigest()
+    manifest = manifest.model_copy(update={"files": {**manifest.files, MODEL_FILE: digest}})
+    (version_dir / MANIFEST_FILE).write_text(manifest.to_json())
 
 
 def _truncate(version_dir: Path) -> None:
@@ -78,15 +76,30 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def _replace_files(version_dir: Path, params: Params) -> None:
+def _scratch_version(repo: Path, model: str, seed: int) -> tuple[Path, Params]:
+    """A random version (``seed``) published into a scratch repository beside ``repo``."""
+    published, params = publish_random_version(repo.parent / "scratch", model, seed=seed)
+    return published.path, params
+
+
+def _publish_damaged(
+    repo: Path, model: str, seed: int, damage: Callable[[Path], None]
+) -> tuple[Path, Params]:
+    """Publish a version damaged before it appears: made in a scratch repository, damaged, and
+    renamed into ``repo`` as the next version (as a faulty publisher would leave it)."""
+    version_dir, params = _scratch_version(repo, model, seed)
+    damage(version_dir)
+    (repo / model).mkdir(parents=True, exist_ok=True)
+    target = repo / model / str(max(list_versions(repo / model), default=0) + 1)
+    os.rename(version_dir, target)
+    return target, params
+
+
+def _replace_files(repo: Path, version_dir: Path, seed: int) -> None:
     """Rewrite a version's files in place, each by an atomic rename (how an operator fixes it)."""
-    staging = version_dir.parent / f".fix-{version_dir.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    write_version(staging, params, N_USERS, N_ITEMS)
-    for path in staging.iterdir():
+    fixed, _ = _scratch_version(repo, "fix", seed)
+    for path in fixed.iterdir():
         os.replace(path, version_dir / path.name)
-    staging.rmdir()
 
 
 class Traffic:
@@ -141,21 +154,13 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+def served(
+    module_servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ServerProcess, Path]:
     """One server for the faults that concern one model each; every test has its own model."""
-    root = tmp_path_factory.mktemp("faults")
-    (root / "repo").mkdir()
-    running = start_server(
-        root / "repo",
-        root / "server.log",
-        "--poll-interval-s",
-        "0.1",
-        env={"RECSERVE_ADMIN_TOKEN": TOKEN},
-    )
-    try:
-        yield running, root / "repo"
-    finally:
-        assert running.stop() == 0, running.log()
+    repo = tmp_path_factory.mktemp("faults") / "repo"
+    repo.mkdir()
+    return module_servers.start(repo, poll_interval_s=0.1, env=ADMIN_ENV), repo
 
 
 def _entry(server: ServerProcess, model: str, version: int) -> dict[str, str]:
@@ -183,16 +188,11 @@ def test_broken_new_version_leaves_the_old_serving_until_fixed(
 ) -> None:
     (server, repo), model = served, f"broken-{kind}"
     damage, reason = DAMAGE[kind]
-    _, params1 = publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=1)
+    _, params1 = publish_random_version(repo, model, seed=1)
     wait_until(lambda: served_versions(server.url, model) == [1], 30, "version 1 served")
-    params2 = random_params(N_USERS + 1, N_ITEMS + 1, seed=2)
-
-    def write_broken(staging: Path) -> None:
-        write_version(staging, params2, N_USERS, N_ITEMS)
-        damage(staging)
 
     with Traffic(server.url, model) as traffic:
-        broken = publish_version(repo, model, write_broken)
+        broken, params2 = _publish_damaged(repo, model, 2, damage)
         wait_until(lambda: _state(server, model, 2) == "UNAVAILABLE", 30, "the failure reported")
         assert reason in _entry(server, model, 2)["reason"]
         assert _entry(server, model, 1)["state"] == "READY"
@@ -203,7 +203,7 @@ def test_broken_new_version_leaves_the_old_serving_until_fixed(
         response = httpx.get(f"{server.url}/v2/models/{model}/versions/2/ready")
         assert response.status_code == 503 and reason in response.json()["error"]
 
-        _replace_files(broken.path, params2)
+        _replace_files(repo, broken, 2)
         wait_until(lambda: served_versions(server.url, model) == [2], 30, "version 2 served")
     traffic.check(params1, params2)
     assert _entry(server, model, 2) == {
@@ -219,7 +219,7 @@ def test_model_file_replaced_in_place(served: tuple[ServerProcess, Path]) -> Non
     """Garbage written over a served model.onnx: the loaded copy serves on, the failure shows,
     and a valid replacement is loaded."""
     (server, repo), model = served, "in-place"
-    published, params1 = publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=1)
+    published, params1 = publish_random_version(repo, model, seed=1)
     wait_until(lambda: served_versions(server.url, model) == [1], 30, "version 1 served")
     params2 = random_params(N_USERS + 1, N_ITEMS + 1, seed=2)
 
@@ -232,7 +232,7 @@ def test_model_file_replaced_in_place(served: tuple[ServerProcess, Path]) -> Non
         assert "reloading failed" in entry["reason"] and "sha256" in entry["reason"]
         assert f"cannot load model '{model}' version 1: " in server.log()
 
-        _replace_files(published.path, params2)
+        _replace_files(repo, published.path, 2)
         wait_until(lambda: _entry(server, model, 1)["reason"] == "", 30, "the fix loaded")
         users, items = random_rows(16, N_USERS, N_ITEMS, seed=99)
         body, headers = infer_body(users, items)
@@ -249,49 +249,36 @@ def test_model_file_replaced_in_place(served: tuple[ServerProcess, Path]) -> Non
 
 
 @pytest.mark.slow
-def test_repository_directory_disappears_and_comes_back(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    _, params1 = publish_model(repo, "m", n_users=N_USERS, n_items=N_ITEMS, seed=1)
-    server = start_server(
-        repo,
-        tmp_path / "server.log",
-        "--poll-interval-s",
-        "0.1",
-        env={"RECSERVE_ADMIN_TOKEN": TOKEN},
-    )
-    try:
-        with Traffic(server.url, "m") as traffic:
-            repo.rename(tmp_path / "elsewhere")
-            wait_until(lambda: "cannot be read" in server.log(), 30, "the failure logged")
-            assert _entry(server, "m", 1)["state"] == "READY"
-            n = len(traffic.replies)
-            wait_until(lambda: len(traffic.replies) > n + 10, 30, "more requests served")
+def test_repository_directory_disappears_and_comes_back(repository: Path, servers: Servers) -> None:
+    elsewhere = repository.with_name("elsewhere")
+    _, params1 = publish_random_version(repository, "m", seed=1)
+    server = servers.start(repository, poll_interval_s=0.1, env=ADMIN_ENV)
+    with Traffic(server.url, "m") as traffic:
+        repository.rename(elsewhere)
+        wait_until(lambda: "cannot be read" in server.log(), 30, "the failure logged")
+        assert _entry(server, "m", 1)["state"] == "READY"
+        n = len(traffic.replies)
+        wait_until(lambda: len(traffic.replies) > n + 10, 30, "more requests served")
 
-            (tmp_path / "elsewhere").rename(repo)
-            _, params2 = publish_model(repo, "m", n_users=N_USERS, n_items=N_ITEMS, seed=2)
-            wait_until(lambda: served_versions(server.url, "m") == [2], 30, "version 2 served")
-        traffic.check(params1, params2)
-        log = server.log()
-        assert log.count("cannot be read") == 1  # said once, not once per poll
-        assert "is readable again" in log
-    finally:
-        assert server.stop() == 0, server.log()
+        elsewhere.rename(repository)
+        _, params2 = publish_random_version(repository, "m", seed=2)
+        wait_until(lambda: served_versions(server.url, "m") == [2], 30, "version 2 served")
+    traffic.check(params1, params2)
+    log = server.log()
+    assert log.count("cannot be read") == 1  # said once, not once per poll
+    assert "is readable again" in log
 
 
 @pytest.mark.slow
 def test_a_removed_broken_version_is_forgotten(served: tuple[ServerProcess, Path]) -> None:
     (server, repo), model = served, "removed-broken"
 
-    def write_broken(staging: Path) -> None:
-        write_version(staging, random_params(N_USERS + 1, N_ITEMS + 1, seed=1), N_USERS, N_ITEMS)
-        _truncate(staging)
-
-    broken = publish_version(repo, model, write_broken)
+    broken, _ = _publish_damaged(repo, model, 1, _truncate)
     wait_until(lambda: _failures(server, model) == 1, 30, "the failure counted")
     response = httpx.get(f"{server.url}/v2/models/{model}/ready")
     assert response.status_code == 503 and "sha256" in response.json()["error"]
 
-    shutil.rmtree(broken.path)
+    shutil.rmtree(broken)
     wait_until(
         lambda: (
             repository_index(server.url, TOKEN).count(
@@ -304,5 +291,5 @@ def test_a_removed_broken_version_is_forgotten(served: tuple[ServerProcess, Path
     )
     response = httpx.get(f"{server.url}/v2/models/{model}/ready")
     assert response.status_code == 503 and "sha256" not in response.json()["error"]
-    publish_model(repo, model, n_users=N_USERS, n_items=N_ITEMS, seed=2)
+    publish_random_version(repo, model, seed=2)
     wait_until(lambda: served_versions(server.url, model) == [1], 30, "the new version 1 served")

@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.reliability_tools import (
-    RawResponse,
-    connect,
-    publish_model,
-    read_response,
-    repository_index,
-    request_head,
-)
-from tests.server_process import ServerProcess, start_server
+from tests.factories import publish_random_version
+from tests.raw_http import RawResponse, connect, read_response, request_head
+from tests.reliability_tools import repository_index
+from tests.server_process import ServerProcess, Servers
 
 TOKEN = "hostile-token"
 MAX_BODY = 64 * 1024
@@ -40,29 +34,22 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(module_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("hostile")
-    publish_model(root / "repo", "recs", seed=1)
-    publish_model(root / "outside", "evil", seed=2)
+    publish_random_version(root / "repo", "recs", seed=1)
+    publish_random_version(root / "outside", "evil", seed=2)
     (root / "outside" / "secret.txt").write_text("secret\n")
     for path in (root / "outside").rglob("*"):  # access canaries: any read moves the atime
         stat = path.stat()
         os.utime(path, ns=(stat.st_mtime_ns - 3600 * 10**9, stat.st_mtime_ns))
-    server = start_server(
+    server = module_servers.start(
         root / "repo",
-        root / "server.log",
-        "--poll-interval-s",
-        "0",
-        "--max-request-bytes",
-        str(MAX_BODY),
+        poll_interval_s=0,
+        max_request_bytes=MAX_BODY,
         env={"RECSERVE_ADMIN_TOKEN": TOKEN},
+        forbidden=("Traceback",),
     )
-    try:
-        yield Setup(server, root / "repo", root / "outside")
-    finally:
-        status = server.stop()
-    assert status == 0, server.log()
-    assert "Traceback" not in server.log()
+    return Setup(server, root / "repo", root / "outside")
 
 
 def send(
@@ -108,39 +95,34 @@ USER = _tensor("user", "INT64", [2], [1, 2])
 ITEM = _tensor("item", "INT64", [2], [3, 4])
 NESTED = 20_000
 
-# (request body, extra headers, a phrase the 400 message must hold)
-BAD_INFER: dict[str, tuple[bytes, dict[str, str], str]] = {
-    "wrong dtype": (
-        _infer(_tensor("user", "FP32", [2], [1.5, 2.5]), ITEM),
-        {},
-        "expected INT64",
-    ),
+# JSON bodies: (the user tensor, the item tensor, a phrase the 400 message must hold)
+BAD_TENSORS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "wrong dtype": (_tensor("user", "FP32", [2], [1.5, 2.5]), ITEM, "expected INT64"),
     "floats sent as INT64": (
-        _infer(_tensor("user", "INT64", [2], [1.5, 2.5]), ITEM),
-        {},
+        _tensor("user", "INT64", [2], [1.5, 2.5]),
+        ITEM,
         "does not match datatype INT64",
     ),
-    "wrong shape": (_infer(_tensor("user", "INT64", [1, 2], [[1, 2]]), ITEM), {}, "shape [1, 2]"),
-    "shape and data disagree": (
-        _infer(_tensor("user", "INT64", [3], [1, 2]), ITEM),
-        {},
-        "holds 3 elements",
-    ),
+    "wrong shape": (_tensor("user", "INT64", [1, 2], [[1, 2]]), ITEM, "shape [1, 2]"),
+    "shape and data disagree": (_tensor("user", "INT64", [3], [1, 2]), ITEM, "holds 3 elements"),
     "unknown datatype string": (
-        _infer(_tensor("user", "INT65", [2], [1, 2]), ITEM),
-        {},
+        _tensor("user", "INT65", [2], [1, 2]),
+        ITEM,
         "unsupported datatype",
     ),
     "rows differ between inputs": (
-        _infer(USER, _tensor("item", "INT64", [3], [1, 2, 3])),
-        {},
+        USER,
+        _tensor("item", "INT64", [3], [1, 2, 3]),
         "same number of rows",
     ),
-    "row out of range": (
-        _infer(USER, _tensor("item", "INT64", [2], [3, 10**6])),
-        {},
-        "out of range",
-    ),
+    "row out of range": (USER, _tensor("item", "INT64", [2], [3, 10**6]), "out of range"),
+}
+
+# (request body, extra headers, a phrase the 400 message must hold)
+BAD_INFER: dict[str, tuple[bytes, dict[str, str], str]] = {
+    **{
+        case: (_infer(user, item), {}, phrase) for case, (user, item, phrase) in BAD_TENSORS.items()
+    },
     "missing input": (_infer(USER), {}, "missing ['item']"),
     "binary size wrong for the shape": (
         *_binary([_binary_input("user", [2], 7), ITEM], b"\x00" * 7),

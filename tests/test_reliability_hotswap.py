@@ -10,26 +10,22 @@ import asyncio
 import re
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 
-from tests.factories import reference_scores
+from tests.factories import publish_random_version, reference_scores
+from tests.raw_http import AsyncConnection, RawResponse
 from tests.reliability_tools import (
-    AsyncConnection,
-    RawResponse,
-    binary_scores,
+    binary_reply,
     infer_body,
-    publish_model,
     random_rows,
-    rss_bytes,
+    score_body,
     served_versions,
     wait_until,
 )
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess, Servers, rss_bytes
 
 MODEL = "swap"
 # Big enough vocabularies and tables that a version leaked per swap would show in the RSS.
@@ -52,7 +48,7 @@ class Versions:
 
     def publish(self) -> int:
         self.seed += 1
-        published, params = publish_model(
+        published, params = publish_random_version(
             self.root, MODEL, n_users=N_USERS, n_items=N_ITEMS, dim=DIM, seed=self.seed
         )
         self.params.setdefault(published.version, []).append(params)
@@ -63,21 +59,10 @@ class Versions:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, Versions]]:
-    versions = Versions(tmp_path / "repo")
+def setup(repository: Path, servers: Servers) -> tuple[ServerProcess, Versions]:
+    versions = Versions(repository)
     versions.publish()
-    server = start_server(
-        versions.root,
-        tmp_path / "server.log",
-        "--poll-interval-s",
-        "0.1",
-        "--ort-intra-op-threads",
-        "1",
-    )
-    try:
-        yield server, versions
-    finally:
-        assert server.stop() == 0, server.log()
+    return servers.start(repository, poll_interval_s=0.1, ort_intra_op_threads=1), versions
 
 
 def _wait_served(server: ServerProcess, expected: list[int]) -> None:
@@ -118,14 +103,7 @@ def test_versions_swapped_under_load_fail_no_request_and_leak_nothing(
                         path = f"/v2/models/{MODEL}/infer"
                     else:  # one user, known item ids
                         api = "v1"
-                        users[:] = max(int(users[0]), 1)
-                        items = np.maximum(items, 1)
-                        body = orjson.dumps(
-                            {
-                                "user_id": f"u{users[0] - 1}",
-                                "item_ids": [f"i{row - 1}" for row in items.tolist()],
-                            }
-                        )
+                        users, items, body = score_body(users, items)
                         headers = {}
                         path = f"/v1/models/{MODEL}/score"
                     try:
@@ -163,9 +141,7 @@ def test_versions_swapped_under_load_fail_no_request_and_leak_nothing(
     for api, reply, users, items in outcomes:
         assert isinstance(reply, RawResponse)
         if api == "v2":
-            length = int(reply.headers["inference-header-content-length"])
-            header = orjson.loads(reply.body[:length])
-            scores = binary_scores(reply.body, reply.headers)
+            header, scores = binary_reply(reply.body, reply.headers)
         else:
             header = reply.json()
             scores = np.asarray(header["scores"], dtype=np.float32)

@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 
 from tests.factories import reference_scores
+from tests.raw_http import AsyncConnection, RawResponse
 from tests.reliability_tools import (
-    HEAVY_TOWER,
-    AsyncConnection,
-    RawResponse,
     binary_scores,
     infer_body,
     metric_value,
-    publish_model,
     random_rows,
+    score_body,
+    start_heavy,
 )
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess, Servers
 
 N_USERS, N_ITEMS = 50, 40
 ROWS = 1024  # per request: one batch each
@@ -49,28 +46,9 @@ class Sent:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, np.ndarray]]]:
-    _, params = publish_model(
-        tmp_path / "repo", "heavy", n_users=N_USERS, n_items=N_ITEMS, dim=32, tower=HEAVY_TOWER
-    )
-    running = start_server(
-        tmp_path / "repo",
-        tmp_path / "server.log",
-        "--poll-interval-s",
-        "0",
-        "--max-batch-rows",
-        str(ROWS),
-        "--queue-capacity-rows",
-        str(QUEUE_ROWS),
-        "--request-timeout-s",
-        str(TIMEOUT_S),
-        "--ort-intra-op-threads",
-        "1",  # leaves a core to the event loop and to the clients
-    )
-    try:
-        yield running, params
-    finally:
-        assert running.stop() == 0, running.log()
+def server(repository: Path, servers: Servers) -> tuple[ServerProcess, dict[str, np.ndarray]]:
+    settings = {"queue_capacity_rows": QUEUE_ROWS, "request_timeout_s": TIMEOUT_S}
+    return start_heavy(servers, repository, max_batch_rows=ROWS, **settings)
 
 
 def _request(i: int) -> Sent:
@@ -79,11 +57,7 @@ def _request(i: int) -> Sent:
         body, headers = infer_body(users, items)
         return Sent("v2", users, items, "/v2/models/heavy/infer", body, headers)
     # Every fourth goes through the recommendation API, which shares the batcher.
-    users[:] = max(int(users[0]), 1)
-    items = np.maximum(items, 1)
-    body = orjson.dumps(
-        {"user_id": f"u{users[0] - 1}", "item_ids": [f"i{row - 1}" for row in items.tolist()]}
-    )
+    users, items, body = score_body(users, items)
     return Sent("v1", users, items, "/v1/models/heavy/score", body, {})
 
 

@@ -9,10 +9,7 @@ abandoned rather than waited for.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,21 +17,20 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.factories import reference_scores
+from tests.factories import publish_random_version, reference_scores
+from tests.raw_http import AsyncConnection, RawResponse
 from tests.reliability_tools import (
-    HEAVY_TOWER,
-    AsyncConnection,
-    RawResponse,
     binary_scores,
     infer_body,
     metric_value,
-    publish_model,
+    publish_heavy,
     random_rows,
     repository_index,
+    start_heavy,
     wait_until,
     write_config,
 )
-from tests.server_process import start_server
+from tests.server_process import ServerProcess, Servers
 
 N_USERS, N_ITEMS = 50, 40
 GRACE_S = 3.0
@@ -43,30 +39,15 @@ TOKEN = "shutdown-token"
 # A warmup of 40 runs of 8,192 rows through a wide tower: a load of tens of seconds.
 SLOW_LOAD_CONFIG = {"warmup": {"batch_sizes": [8192] * 40}}
 SLOW_TOWER = (1024, 1024)
+HUGE_QUEUE = {"max_batch_rows": 1024, "queue_capacity_rows": 1_000_000}
 
 
 @pytest.mark.slow
 def test_sigterm_with_more_work_than_the_grace_period_answers_every_request(
-    tmp_path: Path,
+    repository: Path, servers: Servers
 ) -> None:
-    _, params = publish_model(
-        tmp_path / "repo", "heavy", n_users=N_USERS, n_items=N_ITEMS, dim=32, tower=HEAVY_TOWER
-    )
-    server = start_server(
-        tmp_path / "repo",
-        tmp_path / "server.log",
-        "--poll-interval-s",
-        "0",
-        "--shutdown-grace-s",
-        str(GRACE_S),
-        "--max-batch-rows",
-        "1024",
-        "--request-timeout-s",
-        "120",
-        "--queue-capacity-rows",
-        "1000000",
-        "--ort-intra-op-threads",
-        "1",
+    server, params = start_heavy(
+        servers, repository, shutdown_grace_s=GRACE_S, request_timeout_s=120, **HUGE_QUEUE
     )
     clients, rows = 24, 32768  # about 800 batches: many times what the grace period computes
     requests = [random_rows(rows, N_USERS, N_ITEMS, seed=i) for i in range(clients)]
@@ -103,14 +84,8 @@ def test_sigterm_with_more_work_than_the_grace_period_answers_every_request(
         exit_status = await asyncio.to_thread(server.process.wait, 60)
         return list(replies), signalled, float(exit_status)
 
-    try:
-        replies, signalled, exit_status = asyncio.run(main())
-        stopped_after = time.monotonic() - signalled
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
-
+    replies, signalled, exit_status = asyncio.run(main())
+    stopped_after = time.monotonic() - signalled
     log = server.log()
     assert exit_status == 0, log
     assert not_ready[0] < 1.0, f"readiness still true {not_ready[0]:.2f} s after SIGTERM"
@@ -139,77 +114,55 @@ def test_sigterm_with_more_work_than_the_grace_period_answers_every_request(
     assert "Cancel" not in log and "Traceback" not in log
 
 
-def _slow_repository(root: Path) -> Path:
-    repo = root / "repo"
-    publish_model(repo, "fast", n_users=N_USERS, n_items=N_ITEMS)
-    write_config(repo, "slow", SLOW_LOAD_CONFIG)
-    return repo
+def _slow_repository(repository: Path) -> None:
+    publish_random_version(repository, "fast")
+    write_config(repository, "slow", SLOW_LOAD_CONFIG)
 
 
-@pytest.mark.slow
-def test_sigterm_while_a_model_loads_at_startup_exits_cleanly(tmp_path: Path) -> None:
-    repo = _slow_repository(tmp_path)
-    publish_model(repo, "slow", n_users=N_USERS, n_items=N_ITEMS, dim=32, tower=SLOW_TOWER)
-    log_path = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSERVE_")}
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", "0"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*command, "--model-repository", str(repo), "--poll-interval-s", "0"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-    try:
-        wait_until(lambda: "execution provider" in log_path.read_text(), 60, "loading started")
-        time.sleep(1.0)  # into the slow model's load (tens of seconds)
-        process.send_signal(signal.SIGTERM)
-        status = process.wait(20)  # the whole load would take far longer
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    log = log_path.read_text()
-    assert status == 0, log
-    assert "loading model 'slow' version 1 abandoned" in log, log
-    assert "loaded model 'slow'" not in log
-    assert "received SIGTERM while starting" in log
-    assert "Traceback" not in log
-
-
-@pytest.mark.slow
-def test_sigterm_while_a_new_version_loads_exits_cleanly(tmp_path: Path) -> None:
-    repo = _slow_repository(tmp_path)
-    server = start_server(
-        repo,
-        tmp_path / "server.log",
-        "--poll-interval-s",
-        "0.1",
-        env={"RECSERVE_ADMIN_TOKEN": TOKEN},
-    )
-    try:
-        publish_model(repo, "slow", n_users=N_USERS, n_items=N_ITEMS, dim=32, tower=SLOW_TOWER)
-        wait_until(
-            lambda: (
-                {"name": "slow", "version": "1", "state": "LOADING", "reason": ""}
-                in repository_index(server.url, TOKEN)
-            ),
-            30,
-            "the slow version loading",
-        )
-        users, items = random_rows(8, N_USERS, N_ITEMS, seed=0)
-        body, headers = infer_body(users, items)
-        response = httpx.post(f"{server.url}/v2/models/fast/infer", content=body, headers=headers)
-        assert response.status_code == 200  # what is loaded serves while the other loads
-        server.process.send_signal(signal.SIGTERM)
-        status = server.process.wait(20)  # the whole load would take far longer
-    finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+def _abandoned_cleanly(server: ServerProcess, status: int) -> str:
+    """The server's log, once it has been checked for a load abandoned at SIGTERM."""
     log = server.log()
     assert status == 0, log
     assert any("abandon" in line and "'slow' version 1" in line for line in log.splitlines()), log
     assert "loaded model 'slow'" not in log
-    assert "Traceback" not in log and "exception" not in log.lower()
+    assert "Traceback" not in log
+    return log
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_model_loads_at_startup_exits_cleanly(
+    repository: Path, servers: Servers
+) -> None:
+    _slow_repository(repository)
+    publish_heavy(repository, "slow", SLOW_TOWER)
+    server = servers.start(repository, wait=False, poll_interval_s=0)
+    wait_until(lambda: "execution provider" in server.log(), 60, "loading started")
+    time.sleep(1.0)  # into the slow model's load (tens of seconds)
+    server.process.send_signal(signal.SIGTERM)
+    log = _abandoned_cleanly(server, server.process.wait(20))  # the load would take far longer
+    assert "loading model 'slow' version 1 abandoned" in log, log
+    assert "received SIGTERM while starting" in log
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_new_version_loads_exits_cleanly(
+    repository: Path, servers: Servers
+) -> None:
+    _slow_repository(repository)
+    server = servers.start(repository, poll_interval_s=0.1, env={"RECSERVE_ADMIN_TOKEN": TOKEN})
+    publish_heavy(repository, "slow", SLOW_TOWER)
+    wait_until(
+        lambda: (
+            {"name": "slow", "version": "1", "state": "LOADING", "reason": ""}
+            in repository_index(server.url, TOKEN)
+        ),
+        30,
+        "the slow version loading",
+    )
+    users, items = random_rows(8, N_USERS, N_ITEMS, seed=0)
+    body, headers = infer_body(users, items)
+    response = httpx.post(f"{server.url}/v2/models/fast/infer", content=body, headers=headers)
+    assert response.status_code == 200  # what is loaded serves while the other loads
+    server.process.send_signal(signal.SIGTERM)
+    log = _abandoned_cleanly(server, server.process.wait(20))  # the load would take far longer
+    assert "exception" not in log.lower()
