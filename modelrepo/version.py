@@ -64,24 +64,23 @@ class PublishedVersion:
     manifest: Manifest
 
 
-def read_manifest(path: Path) -> Manifest:
-    """The manifest of the version in ``path``."""
+def _read_bytes(path: Path, name: str) -> bytes:
     try:
-        data = (path / MANIFEST_FILE).read_bytes()
-    except FileNotFoundError:
-        raise VersionError(f"{MANIFEST_FILE} is missing") from None
-    except OSError as exc:
-        raise VersionError(f"cannot read {MANIFEST_FILE}: {exc}") from None
-    return Manifest.from_json(data)
-
-
-def _read_file(path: Path, name: str, manifest: Manifest) -> bytes:
-    try:
-        data = (path / name).read_bytes()
+        return (path / name).read_bytes()
     except FileNotFoundError:
         raise VersionError(f"{name} is missing") from None
     except OSError as exc:
         raise VersionError(f"cannot read {name}: {exc}") from None
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version in ``path``."""
+    return Manifest.from_json(_read_bytes(path, MANIFEST_FILE))
+
+
+def _read_file(path: Path, name: str, manifest: Manifest) -> bytes:
+    """A file of the version, checked against the sha256 the manifest holds for it."""
+    data = _read_bytes(path, name)
     expected = manifest.files.get(name)
     if expected:
         digest = hashlib.sha256(data).hexdigest()

@@ -10,41 +10,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 from pydantic import SecretStr
 
 from service.server import settings_to_env, uvicorn_config
 from service.settings import BatchingSettings, Settings
 from tests.factories import publish_random_version, reference_scores
+from tests.reliability_tools import binary_scores, infer_body
 from tests.server_process import start_server
 
 N_USERS, N_ITEMS = 50, 40
-
-
-def _binary_request(users: np.ndarray, items: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    n = users.shape[0]
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": [n],
-                    "datatype": "INT64",
-                    "parameters": {"binary_data_size": 8 * n},
-                }
-                for name in ("user", "item")
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    body = header + users.tobytes() + items.tobytes()
-    return body, {"Inference-Header-Content-Length": str(len(header))}
-
-
-def _scores(response: httpx.Response) -> np.ndarray:
-    length = int(response.headers["inference-header-content-length"])
-    return np.frombuffer(response.content[length:], dtype=np.float32)
 
 
 @dataclass
@@ -82,7 +57,7 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
     for _ in range(n_clients):
         users = rng.integers(0, N_USERS + 1, rows).astype(np.int64)
         items = rng.integers(0, N_ITEMS + 1, rows).astype(np.int64)
-        requests.append((*_binary_request(users, items), reference_scores(params, users, items)))
+        requests.append((*infer_body(users, items), reference_scores(params, users, items)))
 
     stop = threading.Event()
     outcomes: list[Outcome] = []
@@ -102,7 +77,10 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
                     stop_after = True
                 else:
                     correct = response.status_code == 200 and np.allclose(
-                        _scores(response), expected, rtol=1e-5, atol=1e-6
+                        binary_scores(response.content, response.headers),
+                        expected,
+                        rtol=1e-5,
+                        atol=1e-6,
                     )
                     outcome = Outcome(
                         time.monotonic(),
@@ -168,7 +146,7 @@ def test_workers_serve_and_stop_with_status_0(tmp_path: Path) -> None:
     try:
         users = np.arange(N_USERS + 1, dtype=np.int64)
         items = (users * 7) % (N_ITEMS + 1)
-        body, headers = _binary_request(users, items)
+        body, headers = infer_body(users, items)
         deadline = time.monotonic() + 60
         while server.log().count("Application startup complete") < 2:
             assert time.monotonic() < deadline, server.log()
@@ -180,7 +158,10 @@ def test_workers_serve_and_stop_with_status_0(tmp_path: Path) -> None:
             )
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(
-                _scores(response), reference_scores(params, users, items), rtol=1e-5, atol=1e-6
+                binary_scores(response.content, response.headers),
+                reference_scores(params, users, items),
+                rtol=1e-5,
+                atol=1e-6,
             )
     finally:
         status = server.stop(60)
