@@ -32,6 +32,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 COPY modelrepo ./modelrepo
+COPY recserve ./recserve
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ RUN python -m venv /opt/venv \
         /opt/venv/bin/pip uninstall --yes onnxruntime-gpu \
         && /opt/venv/bin/pip install "onnxruntime==${ort_gpu}"; \
     fi \
-    && /opt/venv/bin/python -c "import onnxruntime, modelrepo, service, training" \
+    && /opt/venv/bin/python -c "import onnxruntime, modelrepo, recserve, service, training" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # ---------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ COPY --from=wheel /wheels /wheels
 RUN python3 -m venv /opt/venv \
     && wheel="$(echo /wheels/recserve-*.whl)" \
     && /opt/venv/bin/pip install "${wheel}[gpu-metrics]" \
-    && /opt/venv/bin/python -c "import onnxruntime, modelrepo, service, training" \
+    && /opt/venv/bin/python -c "import onnxruntime, modelrepo, recserve, service, training" \
     && /opt/venv/bin/pip uninstall --yes pip
 
 # ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.test-installed
-	$(BIN)/mypy --strict modelrepo service training
+	$(BIN)/mypy --strict modelrepo service training recserve
 
 pytest: $(VENV)/.test-installed
 	$(BIN)/pytest

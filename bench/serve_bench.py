@@ -43,7 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.cli import build_parser, settings_from_args  # noqa: E402
+from recserve.cli import build_parser  # noqa: E402
+from service.cli import settings_from_args  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.factories import latest_ids, publish_mlp_version, random_params  # noqa: E402
 from tests.server_process import (  # noqa: E402

@@ -1,17 +1,14 @@
-"""The ``recserve`` command: ``serve`` runs the server, ``train`` trains and publishes a model.
+"""The flags of ``recserve serve`` (the command itself is :mod:`recserve.cli`).
 
-``serve`` has one flag per setting; each defaults to its ``RECSERVE_*`` environment variable, then
-to the built-in default. ``train`` is defined by ``training.cli``, imported only when asked for,
-so serving never imports the training code.
+One flag per setting; each defaults to its ``RECSERVE_*`` environment variable, then to the
+built-in default.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import types
 import typing
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +17,6 @@ from pydantic.fields import FieldInfo
 
 from service.errors import describe_problems
 from service.settings import BatchingSettings, Settings
-
-_SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
-_TRAIN_HELP = "Train a recommender, export it to ONNX and publish it as a new version."
 
 
 def _flag(name: str) -> str:
@@ -72,29 +66,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**top)
 
 
-def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recserve", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,train}")
-    serve = commands.add_parser("serve", help=_SERVE_HELP, description=_SERVE_HELP)
-    add_serve_arguments(serve)
-    if argv[:1] == ["train"]:
-        from training import cli as training_cli
-
-        train = commands.add_parser("train", help=_TRAIN_HELP, description=_TRAIN_HELP)
-        training_cli.add_arguments(train)
-    else:
-        commands.add_parser("train", help=_TRAIN_HELP, add_help=False)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        from training import cli as training_cli
-
-        return training_cli.run(args)
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Serve with the settings the flags (and the environment) give; a usage error otherwise."""
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -102,7 +75,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.server import serve
 
     return serve(settings)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from service.cli import build_parser
+from recserve.cli import build_parser
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

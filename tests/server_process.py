@@ -1,6 +1,6 @@
 """Real server processes, for the end-to-end tests and the benches: start, wait, stop, measure.
 
-One launcher for every caller: the tests run ``python -m service.cli serve`` on a free port that
+One launcher for every caller: the tests run ``python -m recserve serve`` on a free port that
 the server's log names (``--port 0``), without the caller's ``RECSERVE_*`` settings; the benches
 run the same server (or their baseline) as a user would, with the environment's settings, in a
 process group of its own so that no worker outlives the run. CPU time and resident memory are
@@ -145,7 +145,7 @@ def launch(
 
 def serve_command(repository: Path, *args: str) -> list[str]:
     """``recserve serve`` on 127.0.0.1, on a free port unless ``args`` name one."""
-    return [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", "0",
+    return [sys.executable, "-m", "recserve", "serve", "--host", HOST, "--port", "0",
             "--model-repository", str(repository), *args]  # fmt: skip
 
 

@@ -13,13 +13,14 @@ import pytest
 
 import service.server
 import training
-from service import cli
+from recserve import cli
+from service.cli import settings_from_args
 from service.settings import BatchingSettings, Settings
 
 
 def _settings(*flags: str) -> Settings:
     args = cli.build_parser(["serve"]).parse_args(["serve", *flags])
-    return cli.settings_from_args(args)
+    return settings_from_args(args)
 
 
 @pytest.fixture(autouse=True)
@@ -165,21 +166,22 @@ def python(*args: str) -> str:
 def test_serving_does_not_import_the_training_cli() -> None:
     code = (
         "import sys\n"
-        "from service import cli\n"
+        "from recserve import cli\n"
+        "from service.cli import settings_from_args\n"
         "import service.server, service.app\n"
-        "cli.settings_from_args(cli.build_parser(['serve']).parse_args(['serve']))\n"
+        "settings_from_args(cli.build_parser(['serve']).parse_args(['serve']))\n"
         "print('training.cli' in sys.modules)\n"
     )
     assert python("-c", code).strip() == "False"
 
 
 def test_help_lists_both_commands() -> None:
-    out = python("-m", "service.cli", "--help")
+    out = python("-m", "recserve", "--help")
     assert "serve" in out
     assert "train" in out
 
 
 def test_train_help_comes_from_the_training_cli() -> None:
-    out = python("-m", "service.cli", "train", "--help")
+    out = python("-m", "recserve", "train", "--help")
     assert "usage: recserve train" in out
     assert "--repository" in out

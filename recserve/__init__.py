@@ -1,0 +1,1 @@
+"""The ``recserve`` command over both halves of the project: ``serve`` and ``train``."""

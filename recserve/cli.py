@@ -1,0 +1,43 @@
+"""The ``recserve`` command: ``serve`` runs the server, ``train`` trains and publishes a model.
+
+This module stands above serving and training, which stand side by side: ``serve`` takes its
+flags from :mod:`service.cli`, ``train`` from :mod:`training.cli`, imported only when asked for,
+so that a server process never imports the training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service import cli as service_cli
+
+_SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
+_TRAIN_HELP = "Train a recommender, export it to ONNX and publish it as a new version."
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,train}")
+    serve = commands.add_parser("serve", help=_SERVE_HELP, description=_SERVE_HELP)
+    service_cli.add_serve_arguments(serve)
+    if argv[:1] == ["train"]:
+        from training import cli as training_cli
+
+        train = commands.add_parser("train", help=_TRAIN_HELP, description=_TRAIN_HELP)
+        training_cli.add_arguments(train)
+    else:
+        commands.add_parser("train", help=_TRAIN_HELP, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        from training import cli as training_cli
+
+        return training_cli.run(args)
+    return service_cli.run(parser, args)
