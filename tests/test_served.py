@@ -261,6 +261,8 @@ def test_dense_and_multi_hot_inputs_are_checked_against_the_signature(tmp_path: 
                 ({**ok, "genres": genres[:, None]}, r"'genres' has shape"),
                 ({**ok, "user": np.array([0, 1, 5])}, r"'user' value 5 at index 2 .* \[0, 5\)"),
                 ({"user": users, "features": features}, r"missing \['genres'\]"),
+                ({**ok, "features": np.where(features > 1, np.nan, features)},
+                 r"'features' row \d holds a value that is not finite"),
             ]  # fmt: skip
             for inputs, reason in bad:
                 with pytest.raises(InvalidInput, match=reason):

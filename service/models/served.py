@@ -3,7 +3,7 @@
 Every request is checked before it is queued, so that a malformed one is answered 400 alone
 instead of failing the batch it would have joined. The checks follow each input's role: an id
 input takes integers ``[-1]`` (a ``[-1, 1]`` column too) within its table's rows; a dense or
-multi-hot input takes floats ``[-1, width]``.
+multi-hot input takes finite floats ``[-1, width]``.
 """
 
 from __future__ import annotations
@@ -166,6 +166,9 @@ def _as_features(spec: InputSpec, value: np.ndarray) -> np.ndarray:
         value = value.astype(np.float32)
     if value.ndim != 2 or value.shape[1] != spec.width:
         _refuse_shape(spec, value)
+    if not np.isfinite(value).all():
+        at = int(np.flatnonzero(~np.isfinite(value).all(axis=1))[0])
+        raise InvalidInput(f"input '{spec.name}' row {at} holds a value that is not finite")
     return value
 
 
