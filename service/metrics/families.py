@@ -2,7 +2,7 @@
 
 Base units, ``recserve_`` prefix, labels ``model`` and ``version`` (``endpoint`` and ``code`` where
 they apply). No label ever carries a raw id, a path or another unbounded value: ``model`` and
-``version`` are set only for a version the manager found, ``endpoint`` is a route name.
+``version`` are set only for a version the registry found, ``endpoint`` is a route name.
 
 The request path reaches its children through caches (:meth:`Metrics.observe_request`,
 :attr:`Metrics.inflight_by_endpoint`), never through ``.labels()`` with strings per request.
