@@ -2,15 +2,19 @@
 
 The dashboard's and rules' queries are also run by promtool against series shaped exactly like the
 server's own exposition (``service.metrics.families.Metrics`` plus the process collector), so a
-renamed metric or label fails here rather than as an empty panel.
+renamed metric or label fails here rather than as an empty panel. The dashboard imports into any
+Grafana (its datasource is an import input, never a fixed uid), its traffic panels leave out
+Prometheus' own scrapes and the health probes, and its panels read the recording rules rather than
+recompute them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.metrics import MetricWrapperBase
 
 from service.metrics.families import Metrics
+from tests.app_harness import serving
 from tests.deploy_tools import ROOT, load_yaml, tool
 
 PROMETHEUS = ROOT / "deploy/prometheus"
@@ -29,6 +34,14 @@ ALERTS = PROMETHEUS / "rules/alerts.yml"
 RULE_TESTS = PROMETHEUS / "tests/alerts_test.yml"
 DASHBOARD = ROOT / "deploy/grafana/dashboards/recserve.json"
 PROVIDER = ROOT / "deploy/grafana/provisioning/dashboards/recserve.yml"
+DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
+# Where the deployments probe the server; Prometheus' own scrape path is read from CONFIG.
+PROBED_BY = ROOT / "k8s/base/deployment.yaml"
+
+# The import input every Prometheus reference resolves through, and the variable that holds it.
+DS_INPUT = "DS_PROMETHEUS"
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+GRAFANA_BUILTIN_REF = {"type": "grafana", "uid": "-- Grafana --"}
 
 JOB = "recserve"
 INSTANCE = "recserve:8000"
@@ -119,7 +132,7 @@ def dashboard_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
 def variable_selectors(board: dict[str, Any]) -> list[str]:
     """The series selectors of the dashboard's ``label_values(selector, label)`` variables."""
     selectors = []
-    for variable in board["templating"]["list"]:
+    for variable in query_variables(board):
         query = variable["query"]
         text = query["query"] if isinstance(query, dict) else query
         match = re.fullmatch(r"label_values\((.+),\s*\w+\)", text.strip())
@@ -128,8 +141,44 @@ def variable_selectors(board: dict[str, Any]) -> list[str]:
     return selectors
 
 
+def query_variables(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in board["templating"]["list"] if v["type"] != "datasource"]
+
+
 def concrete(expr: str) -> str:
     return substitute(expr, {**GRAFANA_BUILTINS, **VARIABLE_VALUES})
+
+
+def with_everything_selected(expr: str, board: dict[str, Any]) -> str:
+    """``expr`` as the dashboard opens: every variable on All (its ``allValue``)."""
+    everything = {v["name"]: v["allValue"] for v in query_variables(board)}
+    return substitute(expr, {**GRAFANA_BUILTINS, **everything})
+
+
+def values_of(node: Any, key: str) -> Iterator[Any]:
+    """Every value of ``key`` anywhere in a dashboard (or part of one)."""
+    if isinstance(node, dict):
+        if key in node:
+            yield node[key]
+        for value in node.values():
+            yield from values_of(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            yield from values_of(value, key)
+
+
+def canonical(expr: str) -> str:
+    """An expression with its label matchers, range lengths, spacing and grouping order erased:
+    a panel that recomputes a recording rule over its own selection contains the rule's form."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "[]", text)
+    text = re.sub(
+        r"\b(by|without|on|ignoring)\s*\(([^)]*)\)",
+        lambda m: f"{m[1]}({','.join(sorted(label.strip() for label in m[2].split(',')))})",
+        text,
+    )
+    return re.sub(r"\s+", "", text)
 
 
 def rules(path: Path) -> list[dict[str, Any]]:
@@ -138,6 +187,57 @@ def rules(path: Path) -> list[dict[str, Any]]:
 
 def recorded_names() -> set[str]:
     return {rule["record"] for rule in rules(RECORDING)}
+
+
+def traffic_series() -> set[str]:
+    """The request counter and every recorded series computed from it."""
+    counter = "recserve_requests_total"
+    derived = {r["record"] for r in rules(RECORDING) if counter in referenced_metrics(r["expr"])}
+    return {counter} | derived
+
+
+def traffic_queries(board: dict[str, Any]) -> list[str]:
+    """The panels' queries over :func:`traffic_series`, as the dashboard opens."""
+    queries = [with_everything_selected(expr, board) for _, expr in dashboard_queries(board)]
+    return [query for query in queries if referenced_metrics(query) & traffic_series()]
+
+
+def provisioned_prometheus() -> dict[str, Any]:
+    """The Prometheus datasource the compose Grafana is provisioned with."""
+    sources = [s for s in load_yaml(DATASOURCES)["datasources"] if s["type"] == "prometheus"]
+    assert len(sources) == 1, sources
+    source: dict[str, Any] = sources[0]
+    return source
+
+
+def not_traffic_paths() -> set[str]:
+    """Paths requested by machines rather than clients: Prometheus' scrape and the probes."""
+    scrape = {job.get("metrics_path", "/metrics") for job in load_yaml(CONFIG)["scrape_configs"]}
+    probes = {
+        probe["httpGet"]["path"]
+        for container in load_yaml(PROBED_BY)["spec"]["template"]["spec"]["containers"]
+        for key, probe in container.items()
+        if key.endswith("Probe")
+    }
+    assert probes, f"no probe found in {PROBED_BY}"
+    return scrape | probes
+
+
+def endpoint_labels(paths: set[str]) -> set[str]:
+    """The ``endpoint`` label the server gives requests for ``paths``, read from its counter."""
+
+    async def request_each() -> set[str]:
+        async with serving() as harness:
+            for path in sorted(paths):
+                await harness.client.get(path)
+            return {
+                sample.labels["endpoint"]
+                for family in harness.state.metrics.registry.collect()
+                for sample in family.samples
+                if sample.name == "recserve_requests_total"
+            }
+
+    return asyncio.run(request_each())
 
 
 # Series shaped like the server's exposition ----------------------------------------------------
@@ -190,10 +290,13 @@ def exposition() -> list[tuple[str, str, dict[str, str], float]]:
     return [s for s in samples if not s[1].endswith("_created")]
 
 
-def input_series() -> list[dict[str, str]]:
-    """promtool input series: counters and histograms grow linearly, gauges hold their value."""
+def input_series(
+    samples: list[tuple[str, str, dict[str, str], float]] | None = None,
+) -> list[dict[str, str]]:
+    """promtool input series (the server's exposition unless ``samples``): counters and
+    histograms grow linearly, gauges hold their value."""
     series = [{"series": f'up{{job="{JOB}",instance="{INSTANCE}"}}', "values": f"1x{SAMPLES}"}]
-    for kind, name, labels, value in exposition():
+    for kind, name, labels, value in exposition() if samples is None else samples:
         labels = {**labels, "job": JOB, "instance": INSTANCE}
         selector = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
         growth = f"0+{value!r}x{SAMPLES}" if kind in ("counter", "histogram") else None
@@ -214,23 +317,34 @@ def carries_label(expr: str, label: str) -> tuple[str, str]:
     return f"count by ({MARK}) ({marked}) > bool 0", f'{{{MARK}="{label}"}}'
 
 
+def yields_nothing(expr: str) -> tuple[str, None]:
+    """A check that ``expr`` yields no sample, not even 0 (a ratio whose denominator counted what
+    its numerator leaves out would show 0)."""
+    return expr, None
+
+
 def assert_checks(
-    promtool: str, tmp_path: Path, checks: list[tuple[str, str]], rule_files: list[Path]
+    promtool: str,
+    tmp_path: Path,
+    checks: Sequence[tuple[str, str | None]],
+    rule_files: list[Path],
+    series: list[dict[str, str]] | None = None,
 ) -> None:
-    """Runs (expression, expected labels) checks, each expecting the value 1, on the
-    server-shaped series; promtool reports every check that fails."""
+    """Runs (expression, expected labels) checks on the server-shaped series (or ``series``),
+    each expecting one sample of value 1 with those labels, or none where the labels are None;
+    promtool reports every check that fails."""
     tests = {
         "rule_files": [str(path) for path in rule_files],
         "evaluation_interval": "1m",
         "tests": [
             {
                 "interval": SCRAPE_INTERVAL,
-                "input_series": input_series(),
+                "input_series": input_series() if series is None else series,
                 "promql_expr_test": [
                     {
                         "expr": expr,
                         "eval_time": EVAL_TIME,
-                        "exp_samples": [{"labels": labels, "value": 1}],
+                        "exp_samples": [] if labels is None else [{"labels": labels, "value": 1}],
                     }
                     for expr, labels in checks
                 ],
@@ -326,16 +440,56 @@ def test_dashboard_queries_parse(promtool: str, tmp_path: Path) -> None:
 
 
 def test_dashboard_queries_return_data_for_the_server_series(promtool: str, tmp_path: Path) -> None:
-    """Every query yields samples, carrying each label its legend names (``{{model}}``)."""
+    """Every query yields samples, carrying each label its legend names (``{{model}}``), with one
+    instance, model and version selected: a panel that filters a recorded series on a label its
+    rule aggregates away (``instance``) finds nothing here."""
     board = dashboard()
-    checks = [returns_data(concrete(selector)) for selector in variable_selectors(board)]
+    checks: list[tuple[str, str | None]] = [
+        returns_data(concrete(selector)) for selector in variable_selectors(board)
+    ]
     for panel in panels(board):
         for target in panel.get("targets", []):
             expr = concrete(target["expr"])
             checks.append(returns_data(expr))
             legend_labels = re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", ""))
             checks += [carries_label(expr, label) for label in legend_labels]
-    assert_checks(promtool, tmp_path, checks, [])
+    assert_checks(promtool, tmp_path, checks, [RECORDING])
+
+
+def test_traffic_queries_leave_out_scrapes_and_probes(promtool: str, tmp_path: Path) -> None:
+    """With only Prometheus' scrapes and the health probes answered (2xx, 4xx and 5xx alike), no
+    query over the request counter or a rule recorded from it yields a sample, not even 0, as the
+    dashboard opens (every variable on All, which matches the empty model of these requests)."""
+    labels = endpoint_labels(not_traffic_paths())
+    assert "metrics" in labels and len(labels) >= 3, labels
+    unversioned = {"model": "", "version": ""}
+    machine_requests = [
+        ("counter", "recserve_requests_total", {**unversioned, "endpoint": e, "code": code}, 3.0)
+        for e in sorted(labels)
+        for code in ("200", "404", "500", "503")
+    ]
+    queries = traffic_queries(dashboard())
+    assert len(queries) >= 5, queries
+    traffic = traffic_series()
+    # The input is not empty: the same series unfiltered, through the rules, do count.
+    checks: list[tuple[str, str | None]] = [
+        returns_data(f"sum({name}) > 0") for name in sorted(traffic - {"recserve_requests_total"})
+    ]
+    checks += [yields_nothing(query) for query in queries]
+    assert_checks(promtool, tmp_path, checks, [RECORDING], input_series(machine_requests))
+
+
+def test_panels_read_the_recording_rules_rather_than_recompute_them() -> None:
+    queries = dashboard_queries(dashboard())
+    recomputed = [
+        (where, rule["record"])
+        for rule in rules(RECORDING)
+        for where, expr in queries
+        if canonical(rule["expr"]) in canonical(expr)
+    ]
+    assert not recomputed, f"read the recorded series instead: {recomputed}"
+    read = {name for _, expr in queries for name in referenced_metrics(concrete(expr))}
+    assert len(read & recorded_names()) >= 10, sorted(read & recorded_names())
 
 
 def test_referenced_metrics_are_exported() -> None:
@@ -359,11 +513,13 @@ def test_dashboard_structure() -> None:
     for panel in all_panels:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, panel["title"]
+        assert panel["datasource"] == DATASOURCE_REF, panel["title"]
         refs = [target["refId"] for target in panel["targets"]]
         assert refs and len(refs) == len(set(refs)), panel["title"]
-        assert all(t["datasource"] == panel["datasource"] for t in panel["targets"])
-    defined = {variable["name"] for variable in board["templating"]["list"]}
+        assert all(t["datasource"] == DATASOURCE_REF for t in panel["targets"]), panel["title"]
+    for variable in query_variables(board):
+        assert variable["datasource"] == DATASOURCE_REF, variable["name"]
+    defined = {variable["name"] for variable in query_variables(board)}
     used = {
         m.group(1) or m.group(2)
         for text in [expr for _, expr in dashboard_queries(board)] + variable_selectors(board)
@@ -371,6 +527,62 @@ def test_dashboard_structure() -> None:
     }
     assert used - set(GRAFANA_BUILTINS) <= defined
     assert defined <= set(VARIABLE_VALUES), "give the new variable a value in VARIABLE_VALUES"
+
+
+def test_dashboard_datasource_is_chosen_on_import() -> None:
+    """Imported (Dashboards > Import), Grafana asks for ``DS_PROMETHEUS`` and writes the chosen
+    uid wherever ``${DS_PROMETHEUS}`` stands: into the datasource variable every query goes
+    through. Provisioned from a file, nothing is replaced, and the variable finds the provisioned
+    datasource by the name it is given there."""
+    board = dashboard()
+    assert board["__inputs"] == [
+        {
+            "name": DS_INPUT,
+            "label": "Prometheus",
+            "description": board["__inputs"][0]["description"],
+            "type": "datasource",
+            "pluginId": "prometheus",
+            "pluginName": "Prometheus",
+        }
+    ]
+    variables = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert len(variables) == 1
+    variable = variables[0]
+    assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+    assert variable["hide"] == 0, "visible: an operator with several Prometheus can switch"
+    assert variable["current"]["value"] == f"${{{DS_INPUT}}}"
+    assert variable["current"]["text"] == provisioned_prometheus()["name"]
+    assert DATASOURCE_REF["uid"] == f"${{{variable['name']}}}"
+    text = DASHBOARD.read_text(encoding="utf-8")
+    assert text.count(f"${{{DS_INPUT}}}") == 1, "only the variable's value is the input"
+    imported = json.loads(text.replace(f"${{{DS_INPUT}}}", "chosen-uid"))
+    chosen = next(v for v in imported["templating"]["list"] if v["type"] == "datasource")
+    assert chosen["current"]["value"] == "chosen-uid"
+
+
+def test_no_datasource_uid_is_hard_coded() -> None:
+    board = dashboard()
+    refs = list(values_of(board, "datasource"))
+    assert refs.count(DATASOURCE_REF) > len(dashboard_queries(board))
+    assert all(ref in (DATASOURCE_REF, GRAFANA_BUILTIN_REF) for ref in refs), [
+        ref for ref in refs if ref not in (DATASOURCE_REF, GRAFANA_BUILTIN_REF)
+    ]
+    inner = {key: value for key, value in board.items() if key != "uid"}  # the dashboard's own
+    uids = {uid for uid in values_of(inner, "uid") if isinstance(uid, str)}
+    assert uids == {DATASOURCE_REF["uid"], GRAFANA_BUILTIN_REF["uid"]}
+
+
+def test_dashboard_lists_what_it_requires() -> None:
+    board = dashboard()
+    required = {(r["type"], r["id"]) for r in board["__requires"]}
+    used = {("panel", p["type"]) for p in panels(board) if p["type"] != "row"}
+    assert used | {("grafana", "grafana"), ("datasource", "prometheus")} == required
+
+
+def test_provisioned_prometheus_is_the_default_datasource() -> None:
+    source = provisioned_prometheus()
+    assert source["isDefault"] is True
+    assert source["name"] and source["uid"]
 
 
 def test_dashboard_panels_do_not_overlap() -> None:
@@ -399,6 +611,14 @@ def test_referenced_metrics_skips_functions_labels_and_durations() -> None:
         " / on (model) group_left b:rec:rate5m > 1e3 or c offset 15m unless absent(d)"
     )
     assert referenced_metrics(expr) == {"a_bucket", "b:rec:rate5m", "c", "d"}
+
+
+def test_canonical_erases_selection_but_not_computation() -> None:
+    rule = "sum by (model, version) (rate(x_total[5m]))"
+    panel = 'sum by (version,model)(rate(x_total{model=~"$model", a="{b}"}[$__rate_interval])) / 2'
+    assert canonical(rule) in canonical(panel)
+    assert canonical(rule) not in canonical("sum by (model) (rate(x_total[5m]))")
+    assert canonical(rule) not in canonical("sum by (model, version) (increase(x_total[5m]))")
 
 
 def test_substitute_replaces_both_variable_forms() -> None:

@@ -1,5 +1,7 @@
-"""A real Prometheus scrapes a real server: the target is up, and ``histogram_quantile`` over
-``recserve_request_duration_seconds`` agrees with the latencies the client measured.
+"""A real Prometheus scrapes a real server: the target is up, ``histogram_quantile`` over
+``recserve_request_duration_seconds`` agrees with the latencies the client measured, and the
+dashboard's traffic queries, over the recording rules, count client requests and nothing of
+Prometheus' own scrapes or the health probes.
 
 Agreement is judged at the histogram's resolution: the client's quantile must lie within the
 bucket that holds Prometheus' estimate. So that the test does not depend on how fast this machine
@@ -20,7 +22,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,12 @@ import yaml
 from service.metrics.families import LATENCY_BUCKETS
 from tests.factories import publish_random_version
 from tests.server_process import ServerProcess, start_server
+from tests.test_observability_config import (
+    RECORDING,
+    dashboard,
+    traffic_queries,
+    with_everything_selected,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -90,11 +98,15 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(tmp_path: Path, target: str) -> Iterator[Prometheus]:
-    """Prometheus on a free loopback port, scraping ``target`` every second."""
+def running_prometheus(
+    tmp_path: Path, target: str, rule_files: tuple[Path, ...] = ()
+) -> Iterator[Prometheus]:
+    """Prometheus on a free loopback port, scraping ``target`` and evaluating ``rule_files``
+    every second."""
     binary = prometheus_binary()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
     }
     config_path = tmp_path / "prometheus.yml"
@@ -192,28 +204,81 @@ def bucket_around(estimate: float) -> tuple[float, float]:
     raise AssertionError(f"estimate {estimate} outside every bucket")
 
 
-def test_prometheus_quantiles_agree_with_client_latencies(tmp_path: Path) -> None:
+@contextmanager
+def scraped_server(
+    tmp_path: Path, rule_files: tuple[Path, ...] = ()
+) -> Iterator[tuple[ServerProcess, Prometheus]]:
+    """A server holding model ``recs``, and a Prometheus that has scraped it; the server must
+    stop cleanly."""
     publish_random_version(tmp_path / "repo", "recs")
     server = start_server(tmp_path / "repo", tmp_path / "server.log", "--poll-interval-s", "0")
     try:
-        with running_prometheus(tmp_path, server.host_port) as prometheus:
+        with running_prometheus(tmp_path, server.host_port, rule_files) as prometheus:
             prometheus.wait_for(f'up{{job="{JOB}"}}', 1.0)
-            latencies = client_latencies(server)
-            selector = f'recserve_request_duration_seconds_bucket{{job="{JOB}", endpoint="score"}}'
-            prometheus.wait_for(
-                f'sum(recserve_request_duration_seconds_count{{job="{JOB}", endpoint="score"}})',
-                float(len(latencies)),
-            )
-            for q in (0.5, 0.99):
-                estimate = prometheus.value(f"histogram_quantile({q}, sum by (le) ({selector}))")
-                assert estimate is not None
-                lower, upper = bucket_around(estimate)
-                measured = float(np.quantile(latencies, q))
-                assert lower <= measured <= upper, (
-                    f"p{q * 100:g}: client measured {measured:.4f} s, Prometheus estimates "
-                    f"{estimate:.4f} s in bucket [{lower}, {upper}]"
-                )
-            assert prometheus.value(f'up{{job="{JOB}"}}') == 1.0
+            yield server, prometheus
     finally:
         status = server.stop()
     assert status == 0, server.log()
+
+
+def test_prometheus_quantiles_agree_with_client_latencies(tmp_path: Path) -> None:
+    with scraped_server(tmp_path) as (server, prometheus):
+        latencies = client_latencies(server)
+        selector = f'recserve_request_duration_seconds_bucket{{job="{JOB}", endpoint="score"}}'
+        prometheus.wait_for(
+            f'sum(recserve_request_duration_seconds_count{{job="{JOB}", endpoint="score"}})',
+            float(len(latencies)),
+        )
+        for q in (0.5, 0.99):
+            estimate = prometheus.value(f"histogram_quantile({q}, sum by (le) ({selector}))")
+            assert estimate is not None
+            lower, upper = bucket_around(estimate)
+            measured = float(np.quantile(latencies, q))
+            assert lower <= measured <= upper, (
+                f"p{q * 100:g}: client measured {measured:.4f} s, Prometheus estimates "
+                f"{estimate:.4f} s in bucket [{lower}, {upper}]"
+            )
+        assert prometheus.value(f'up{{job="{JOB}"}}') == 1.0
+
+
+def probe(server: ServerProcess) -> None:
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        httpx.get(f"{server.url}{path}", timeout=5)
+
+
+def score(server: ServerProcess) -> None:
+    response = httpx.post(f"{server.url}/v1/models/recs/score", content=SCORE, timeout=5)
+    assert response.status_code == 200, response.text
+
+
+def keep_calling(
+    prometheus: Prometheus, until: str, call: Callable[[], None], timeout_s: float = 20.0
+) -> None:
+    """``call`` the server every 0.3 s, across scrapes (a counter that grows between two of
+    them has a rate), until ``until`` is 1."""
+    deadline = time.monotonic() + timeout_s
+    while prometheus.value(until) != 1.0:
+        assert time.monotonic() < deadline, f"{until}\n{prometheus.log_path.read_text()}"
+        call()
+        time.sleep(0.3)
+
+
+def test_dashboard_traffic_counts_clients_not_scrapes_or_probes(tmp_path: Path) -> None:
+    """Every dashboard query over the request counter (or a rule recorded from it), with every
+    variable on All, shows nothing while only Prometheus and the probes have called; the overview's
+    request rate then rises with the first client requests."""
+    board = dashboard()
+    traffic = traffic_queries(board)
+    (requests_per_s,) = [
+        with_everything_selected(target["expr"], board)
+        for panel in board["panels"]
+        if panel["title"] == "Requests / s"
+        for target in panel["targets"]
+    ]
+    with scraped_server(tmp_path, (RECORDING,)) as (server, prometheus):
+        recorded = "model_version_endpoint:recserve_requests:rate5m"
+        probed = f'count({recorded}{{endpoint=~"metrics|health_.*"}} > 0) == bool 3'
+        keep_calling(prometheus, probed, lambda: probe(server))
+        shown = {expr: prometheus.query(expr) for expr in traffic}
+        assert not any(shown.values()), {e: r for e, r in shown.items() if r}
+        keep_calling(prometheus, f"({requests_per_s}) > bool 0", lambda: score(server))
