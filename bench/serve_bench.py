@@ -11,7 +11,7 @@ errors) and the server's CPU use (its whole process tree, from /proc), each recs
 ratio to the baseline's, then the targets and whether each is met.
 
     .venv/bin/python bench/serve_bench.py [--quick] [--duration 10] [--concurrency 1,16,64]
-        [--workers 1] [--only recserve|baseline] [--check]
+        [--workers N] [--only recserve|baseline] [--check]
 
 Settings of recserve not given as flags here come from ``RECSERVE_*`` environment variables,
 as for ``recserve serve``. Exits 0 (it is a report); with ``--check``, 1 when a target is missed.
@@ -613,7 +613,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs per server and case; the median is reported"
     )
-    parser.add_argument("--workers", type=int, default=1, help="server worker processes (both)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="server worker processes (both); 0: as recserve serve chooses (default)",
+    )
     parser.add_argument("--max-batch-rows", type=int, help="recserve batching setting")
     parser.add_argument("--max-queue-delay-us", type=int, help="recserve batching setting")
     parser.add_argument("--ort-intra-op-threads", type=int, help="ONNX Runtime threads (both)")

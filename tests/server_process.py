@@ -150,8 +150,10 @@ def serve_command(repository: Path, *args: str) -> list[str]:
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment without its ``RECSERVE_*`` settings, plus ``extra``."""
+    """This environment without its ``RECSERVE_*`` settings, plus ``extra``; one worker unless
+    ``extra`` or a flag says otherwise (the default depends on the machine's cores)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSERVE_")}
+    env["RECSERVE_WORKERS"] = "1"
     env.update(extra or {})
     return env
 

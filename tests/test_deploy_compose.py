@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from service import settings as settings_module
 from tests.deploy_tools import (
     ROOT,
     load_yaml,
@@ -227,6 +228,17 @@ def test_gpu_override_reserves_a_gpu_for_the_server(
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     merged_env = {**environment(compose["services"][SERVER]), **environment(server)}
     assert settings_from_env(merged_env).provider == "cuda"
+
+
+def test_cpu_server_takes_a_worker_per_core_and_the_gpu_server_one(
+    compose: dict[str, Any], gpu_override: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 6)  # as the container sees them
+    cpu_env = environment(compose["services"][SERVER])
+    cpu = settings_from_env({**cpu_env, "RECSERVE_PROVIDER": "cpu"})
+    assert (cpu.workers, cpu.ort_intra_op_threads) == (6, 1)
+    gpu = settings_from_env({**cpu_env, **environment(gpu_override["services"][SERVER])})
+    assert (gpu.workers, gpu.ort_intra_op_threads) == (1, 5)
 
 
 def test_helpers_read_compose_syntax() -> None:

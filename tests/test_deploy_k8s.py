@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from service import settings as settings_module
 from service.metrics.families import Metrics
+from service.settings import Settings
 from tests.deploy_tools import ROOT, recserve_args, settings_env_names, settings_from_env, tool
 
 K8S = ROOT / "k8s"
@@ -252,7 +255,6 @@ def test_settings_configmap_is_valid_for_the_server(overlay: str) -> None:
     env = server_env(objects)
     settings = settings_from_env(env)
     assert settings.host == "0.0.0.0"
-    assert settings.workers == 1, "one process per pod: metrics live in the process"
     assert recserve_args(server_container(objects)["args"]).command == "serve"
     mounts = {m["mountPath"]: m for m in server_container(objects)["volumeMounts"]}
     assert mounts[str(settings.model_repository)]["readOnly"] is True
@@ -301,13 +303,33 @@ def test_pods_are_hardened(overlay: str) -> None:
     _assert_hardened(one(render("training"), "Job")["spec"]["template"]["spec"])
 
 
+def pod_settings(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as the server builds them in the pod: its cores are the container's CPU limit
+    (the cgroup quota it reads there), rounded up."""
+    limit = server_container(objects)["resources"]["limits"]["cpu"]
+    cores = math.ceil(int(limit[:-1]) / 1000 if limit.endswith("m") else float(limit))
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: cores)
+    return settings_from_env(server_env(objects))
+
+
+@pytest.mark.parametrize(("overlay", "workers"), [("overlays/cpu", 4), ("overlays/gpu", 1)])
+def test_workers_fill_the_cpu_limit_on_the_cpu_and_stay_one_on_the_gpu(
+    overlay: str, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = pod_settings(render(overlay), monkeypatch)
+    assert settings.workers == workers
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_onnx_runtime_threads_fit_the_cpu_limit(overlay: str) -> None:
+def test_onnx_runtime_threads_fit_the_cpu_limit(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     objects = render(overlay)
     resources = server_container(objects)["resources"]
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"], "Guaranteed QoS"
-    threads = settings_from_env(server_env(objects)).ort_intra_op_threads
-    assert 0 < threads <= int(resources["limits"]["cpu"])
+    settings = pod_settings(objects, monkeypatch)
+    assert settings.ort_intra_op_threads > 0
+    assert settings.workers * settings.ort_intra_op_threads <= int(resources["limits"]["cpu"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -105,3 +105,33 @@ def test_real_tree_finds_children_and_keeps_the_cpu_of_reaped_ones() -> None:
     values = collected(ProcessTreeCollector(os.getpid()))
     assert values["process_cpu_seconds_total"] >= times.children_user + times.children_system
     assert times.children_user + times.children_system >= 0.25
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_real_tree_agrees_with_psutil() -> None:
+    """The same figures from an independent reader of /proc, over this process and a child."""
+    psutil = pytest.importorskip("psutil")
+    idle = "import sys; print('started', flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"started\n"  # its start-up files are closed by now
+        values = collected(ProcessTreeCollector(os.getpid()))
+        me = psutil.Process()
+        tree = [me, *me.children(recursive=True)]  # the child, and any the test run left running
+        assert child.pid in {p.pid for p in tree}
+        cpu = sum(sum(p.cpu_times()[:4]) for p in tree)  # user, system and reaped children
+        rss = sum(p.memory_info().rss for p in tree)
+        assert values["process_cpu_seconds_total"] == pytest.approx(cpu, abs=0.05)
+        assert values["process_resident_memory_bytes"] == pytest.approx(rss, rel=0.05)
+        assert values["process_virtual_memory_bytes"] == pytest.approx(
+            sum(p.memory_info().vms for p in tree), rel=0.05
+        )
+        assert values["process_open_fds"] == sum(p.num_fds() for p in tree)
+        assert values["process_start_time_seconds"] == pytest.approx(
+            tree[0].create_time(), abs=0.02
+        )
+        assert values["process_max_fds"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        child.communicate(timeout=60)  # closes its stdin, so it exits, and our pipe ends

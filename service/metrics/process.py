@@ -6,6 +6,12 @@ the standard names and no extra labels: CPU time of the supervisor, of its live 
 the children it has reaped (so the counter does not fall when a worker is restarted), memory and
 file descriptors summed over the live processes, and the supervisor's start time and fd limit.
 Linux ``/proc`` only; elsewhere it yields nothing.
+
+It reads ``/proc`` itself rather than through psutil, because that is measurably cheaper per
+scrape: over a supervisor with two children, medians of interleaved runs were 0.39 ms here,
+1.9 ms with psutil (whose ``children()`` reads the stat file of every process on the host) and
+0.49 ms with psutil per process beside the children list below. The tests check the figures
+against psutil's.
 """
 
 from __future__ import annotations
