@@ -21,8 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.endpoints import ENDPOINTS, build_routes
+from service.endpoints import ENDPOINTS, TAGS, build_routes
 from service.http.answers import exception_handlers
+from service.http.docs import add_offline_docs
 from service.http.fastpath import FastPath, without_builtin_telemetry
 from service.http.lifecycle import Lifecycle
 from service.http.observer import RequestObserver
@@ -94,8 +95,12 @@ def create_app(
         summary="Recommendation model inference over the KServe V2 protocol.",
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
+        openapi_tags=[dict(tag) for tag in TAGS],
+        docs_url=None,  # /docs and /redoc: service.http.docs, with no CDN
+        redoc_url=None,
         **without_builtin_telemetry(),
     )
+    add_offline_docs(app)
     setattr(app.state, STATE_KEY, state)
     # Added first, so innermost: the observer sees fast-path requests like any other.
     app.add_middleware(FastPath, routes=routes.inference)

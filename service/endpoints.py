@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from service.http.routing import Endpoint, Handler, OpenApi, build_routes, per_version
 from service.v1 import routes as v1
+from service.v2 import openapi as doc
 from service.v2 import repository
 from service.v2 import routes as v2
-from service.v2.openapi import INFER, REPOSITORY_ACTION, REPOSITORY_INDEX
 
 _V2_MODEL = "/v2/models/{model}"
 _V1_MODEL = "/v1/models/{model}"
@@ -28,28 +28,49 @@ def _inference(name: str, model_path: str, handler: Handler, openapi: OpenApi) -
     return Endpoint(name, per_version(model_path, f"/{name}"), handler, "POST", True, openapi)
 
 
+def _per_model(name: str, suffix: str, handler: Handler, openapi: OpenApi) -> Endpoint:
+    """A ``GET`` of ``/v2/models/{model}[/versions/{version}]<suffix>``."""
+    return Endpoint(name, per_version(_V2_MODEL, suffix), handler, openapi=openapi)
+
+
 def _repository(name: str, path: str, handler: Handler, openapi: OpenApi) -> Endpoint:
     return Endpoint(f"repository_{name}", (_REPOSITORY + path,), handler, "POST", openapi=openapi)
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # KServe V2: health, server, repository
-    Endpoint("health_live", ("/v2/health/live",), v2.health_live),
-    Endpoint("health_ready", ("/v2/health/ready",), v2.health_ready),
-    Endpoint("server_metadata", ("/v2",), v2.server_metadata),
-    Endpoint("model_stats", ("/v2/models/stats",), v2.all_model_stats),
-    _repository("index", "/index", repository.index, REPOSITORY_INDEX),
-    _repository("load", "/models/{model}/load", repository.load, REPOSITORY_ACTION),
-    _repository("unload", "/models/{model}/unload", repository.unload, REPOSITORY_ACTION),
+    Endpoint("health_live", ("/v2/health/live",), v2.health_live, openapi=doc.LIVE),
+    Endpoint("health_ready", ("/v2/health/ready",), v2.health_ready, openapi=doc.READY),
+    Endpoint("server_metadata", ("/v2",), v2.server_metadata, openapi=doc.SERVER_METADATA),
+    Endpoint("model_stats", ("/v2/models/stats",), v2.all_model_stats, openapi=doc.ALL_STATS),
+    Endpoint("model_index", ("/v2/models",), repository.models, openapi=doc.MODEL_INDEX),
+    _repository("index", "/index", repository.index, doc.REPOSITORY_INDEX),
+    _repository("load", "/models/{model}/load", repository.load, doc.REPOSITORY_LOAD),
+    _repository("unload", "/models/{model}/unload", repository.unload, doc.REPOSITORY_UNLOAD),
     # KServe V2: per model, with or without a version
-    Endpoint("model_metadata", per_version(_V2_MODEL), v2.model_metadata),
-    Endpoint("model_ready", per_version(_V2_MODEL, "/ready"), v2.model_ready),
-    Endpoint("model_config", per_version(_V2_MODEL, "/config"), v2.model_config),
-    Endpoint("model_stats", per_version(_V2_MODEL, "/stats"), v2.model_stats),
-    _inference("infer", _V2_MODEL, v2.infer, INFER),
+    _per_model("model_metadata", "", v2.model_metadata, doc.MODEL_METADATA),
+    _per_model("model_ready", "/ready", v2.model_ready, doc.MODEL_READY),
+    _per_model("model_config", "/config", v2.model_config, doc.MODEL_CONFIG),
+    _per_model("model_stats", "/stats", v2.model_stats, doc.MODEL_STATS),
+    _inference("infer", _V2_MODEL, v2.infer, doc.INFER),
     # The recommendation API
     _inference("recommend", _V1_MODEL, v1.recommend_endpoint, v1.RECOMMEND),
     _inference("score", _V1_MODEL, v1.score_endpoint, v1.SCORE),
 )
 
-__all__ = ["ENDPOINTS", "build_routes"]
+# The groups of /docs, in order, with what each holds.
+TAGS: tuple[dict[str, str], ...] = (
+    {"name": "health", "description": "Liveness and readiness probes (KServe V2)."},
+    {"name": "server", "description": "Server metadata (KServe V2)."},
+    {"name": "models", "description": "A model's metadata, readiness and configuration."},
+    {"name": "inference", "description": "Inference on tensors (KServe V2)."},
+    {"name": "recommendation", "description": "Top-k items and scores by raw ids (/v1)."},
+    {"name": "statistics", "description": "Triton's per-version statistics."},
+    {
+        "name": "repository",
+        "description": "The model repository: what it holds, and load or unload with the admin "
+        "token (Authorize).",
+    },
+)
+
+__all__ = ["ENDPOINTS", "TAGS", "build_routes"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
-from service.v1.schemas import MAX_ITEMS, RecommendRequest, ScoreRequest
+from service.v1.schemas import MAX_ID_CHARS, MAX_ITEMS, RecommendRequest, ScoreRequest
 
 
 def problems(model: Any, body: object) -> list[tuple[tuple[Any, ...], str]]:
@@ -60,7 +61,23 @@ def test_limits_name_the_field() -> None:
     assert problems(ScoreRequest, {"user_id": "u", "item_ids": []})[0][0] == ("item_ids",)
 
 
-def test_the_schema_documents_ids_as_strings() -> None:
+def test_the_schema_documents_ids_as_strings_or_integers_within_the_limit() -> None:
     properties = ScoreRequest.model_json_schema()["properties"]
-    assert properties["user_id"]["type"] == "string"
-    assert properties["item_ids"]["items"]["type"] == "string"
+    for schema in (properties["user_id"], properties["item_ids"]["items"]):
+        string, integer = schema["anyOf"]
+        assert (string["type"], string["maxLength"]) == ("string", MAX_ID_CHARS)
+        assert integer["type"] == "integer"
+    # The integers the schema allows are those whose decimal string fits the limit, and no more.
+    for value, beyond in ((integer["minimum"], -1), (integer["maximum"], 1)):
+        body = json.dumps({"user_id": value, "item_ids": ["i"]})
+        assert ScoreRequest.model_validate_json(body).user_id == str(value)
+        with pytest.raises(ValidationError):
+            ScoreRequest.model_validate_json(
+                json.dumps({"user_id": value + beyond, "item_ids": ["i"]})
+            )
+
+
+@pytest.mark.parametrize("k", ["5", True, 5.0])
+def test_k_is_an_integer_as_the_schema_says(k: object) -> None:
+    ((where, _),) = problems(RecommendRequest, {"user_id": "u", "k": k})
+    assert where == ("k",)

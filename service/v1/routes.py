@@ -26,14 +26,6 @@ if TYPE_CHECKING:
     from service.models.served import ServedVersion
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_ERROR_SCHEMA = {
-    "description": "Invalid request, unknown model, or the server is overloaded",
-    "content": {
-        "application/json": {
-            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
-        }
-    },
-}
 
 
 def _openapi(summary: str, body: type[BaseModel], response: type[BaseModel]) -> OpenApi:
@@ -41,10 +33,8 @@ def _openapi(summary: str, body: type[BaseModel], response: type[BaseModel]) -> 
         summary=summary,
         tags=("recommendation",),
         request_body=json_body(body.model_json_schema()),
-        responses={
-            200: {"model": response, "description": "Success"},
-            **{status: _ERROR_SCHEMA for status in (400, 404, 413, 503)},
-        },
+        ok={"model": response, "description": "Success."},
+        refusals=(400, 404, 500, 503),
     )
 
 

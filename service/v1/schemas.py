@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_K = 1000
 MAX_ITEMS = 10_000
 MAX_ID_CHARS = 256
 
-RawId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+# As the schema says it: a string, or an integer whose decimal string fits the same limit.
+_RAW_ID_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+        {
+            "type": "integer",
+            "minimum": 1 - 10 ** (MAX_ID_CHARS - 1),
+            "maximum": 10**MAX_ID_CHARS - 1,
+            "description": "Read as its decimal string.",
+        },
+    ]
+}
+RawId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS), WithJsonSchema(_RAW_ID_SCHEMA)
+]
 """A raw user or item id; an integer is accepted too and read as its decimal string."""
 
 
@@ -46,7 +67,7 @@ class RecommendRequest(_IdRequest):
     ID_FIELDS = ("user_id", "candidates", "exclude")
 
     user_id: RawId = Field(description="Raw user id; unknown users get the unknown-id row.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="How many items to return.")
     candidates: list[RawId] | None = Field(
         None,
         max_length=MAX_ITEMS,
