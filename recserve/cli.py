@@ -1,4 +1,7 @@
-"""The ``recserve`` command: ``serve`` runs the server, ``train`` trains and publishes a model.
+"""The ``recserve`` command: serve, train, and list models.
+
+``serve`` runs the server, ``train`` trains and publishes a model, ``models`` lists what a model
+repository or a running server holds.
 
 This module stands above serving and training, which stand side by side: ``serve`` takes its
 flags from :mod:`service.cli`, ``train`` from :mod:`training.cli`, imported only when asked for,
@@ -10,16 +13,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
+from recserve import models_cli
 from service import cli as service_cli
 
 _SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
 _TRAIN_HELP = "Train a recommender, export it to ONNX and publish it as a new version."
+_MODELS_HELP = "List the models and versions of a repository or a server, with their metrics."
+
+
+def installed_version() -> str:
+    """The version of the installed ``recserve`` distribution."""
+    try:
+        return metadata.version("recserve")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recserve", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,train}")
+    parser.add_argument("--version", action="version", version=f"recserve {installed_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{serve,train,models,import}"
+    )
     serve = commands.add_parser("serve", help=_SERVE_HELP, description=_SERVE_HELP)
     service_cli.add_serve_arguments(serve)
     if argv[:1] == ["train"]:
@@ -29,6 +46,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         training_cli.add_arguments(train)
     else:
         commands.add_parser("train", help=_TRAIN_HELP, add_help=False)
+    models = commands.add_parser("models", help=_MODELS_HELP, description=_MODELS_HELP)
+    models_cli.add_arguments(models)
+    import_help = "Publish an ONNX model trained elsewhere as the next version of a model."
+    if argv[:1] == ["import"]:
+        from training import import_cli
+
+        imported = commands.add_parser("import", help=import_help, description=import_help)
+        import_cli.add_arguments(imported)
+    else:
+        commands.add_parser("import", help=import_help, add_help=False)
     return parser
 
 
@@ -40,4 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training import cli as training_cli
 
         return training_cli.run(args)
+    if args.command == "models":
+        return models_cli.run(args)
+    if args.command == "import":
+        from training import import_cli
+
+        return import_cli.run(args)
     return service_cli.run(parser, args)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import types
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -175,10 +176,54 @@ def test_serving_does_not_import_the_training_cli() -> None:
     assert python("-c", code).strip() == "False"
 
 
-def test_help_lists_both_commands() -> None:
+def test_help_lists_every_command() -> None:
     out = python("-m", "recserve", "--help")
-    assert "serve" in out
-    assert "train" in out
+    for command in ("serve", "train", "models"):
+        assert f"\n    {command} " in out  # each with its one-line help
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert python("-m", "recserve", "--version") == f"recserve {metadata.version('recserve')}\n"
+
+
+def test_serve_stops_at_once_on_a_repository_that_does_not_exist(tmp_path: Path) -> None:
+    """Not a server that reports ready with no models: status 2 and one line naming the path,
+    before anything listens."""
+    absent = tmp_path / "does" / "not" / "exist"
+    command = [sys.executable, "-m", "recserve", "serve", "--port", "0"]
+    completed = subprocess.run(
+        [*command, "--model-repository", str(absent)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr == f"error: model repository {absent} does not exist\n"
+    assert completed.stdout == ""
+
+
+def test_serve_refuses_a_file_or_an_unreadable_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "repo.txt"
+    a_file.write_text("")
+    assert service.server.serve(Settings(model_repository=a_file)) == 2
+    assert capsys.readouterr().err == f"error: model repository {a_file} is not a directory\n"
+    monkeypatch.chdir(tmp_path)
+    relative = Path("repo")
+    relative.mkdir()
+
+    def refused(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refused)  # permissions do not bind root: the refusal
+    assert service.server.serve(Settings(model_repository=relative)) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: model repository repo ({tmp_path / 'repo'}) cannot be read: "
+        "Permission denied\n"
+    )
 
 
 def test_train_help_comes_from_the_training_cli() -> None:

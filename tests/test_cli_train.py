@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,14 @@ from training.cli import (
     EXIT_OK,
     EXIT_PARITY,
     EXIT_USAGE,
+    FLAG_RULES,
     add_arguments,
     build_parser,
     config_from_args,
     main,
 )
-from training.models import kind_names
+from training.models import ModelConfig, kind_names
+from training.train import TrainConfig
 
 TINY = [
     "--data",
@@ -43,6 +46,11 @@ TINY = [
     "512",
     "--quiet",
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_repository_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RECSERVE_MODEL_REPOSITORY", raising=False)
 
 
 def test_flags_reach_the_configuration() -> None:
@@ -87,7 +95,7 @@ def test_flags_reach_the_configuration() -> None:
     train = config.train
     assert (train.optimizer, train.lr, train.negatives, train.patience) == ("sgd", 0.1, 2, 1)
     assert (train.seed, train.unknown_rate) == (9, 0.05)
-    assert config.repository == Path("model_repo")
+    assert config.repository == Path("model_repo").resolve()  # where serving will look for it
 
 
 def test_add_arguments_works_on_a_subcommand_parser() -> None:
@@ -169,3 +177,100 @@ def test_python_dash_m_training_runs_the_cli() -> None:
     assert completed.returncode == 0
     assert "--negatives" in completed.stdout
     assert "--unknown-rate" in completed.stdout
+
+
+def _refuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line ``recserve train`` refuses ``argv`` with (exit 2), after checking that it
+    refused before training."""
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--batch-size", "0"),
+        ("--negatives", "0"),
+        ("--epochs", "0"),
+        ("--patience", "-1"),
+        ("--threads", "-1"),
+        ("--unknown-rate", "1"),
+        ("--embedding-dim", "0"),
+        ("--gmf-dim", "-4"),
+        ("--l2", "-0.1"),
+        ("--dropout", "1.5"),
+        ("--synthetic-users", "0"),
+        ("--synthetic-items", "1"),
+        ("--synthetic-interactions", "0"),
+    ],
+)
+def test_a_bad_flag_names_itself_in_one_line(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _refuses([*TINY, "--model", "m", flag, value, "--repository", str(tmp_path)], capsys)
+    assert err.startswith(f"error: {flag} must be ")
+    assert err.rstrip().rsplit(", got ", 1)[1] in (value, str(float(value)))
+    assert "Config" not in err  # never the whole configuration object
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_numeric_setting_of_a_run_has_a_range_checked_by_its_flag() -> None:
+    """A new numeric field of the configurations gets a rule, or this fails: its flag would
+    otherwise be refused with the whole configuration printed."""
+    numeric = {
+        field.name
+        for cls in (TrainConfig, ModelConfig)
+        for field in dataclasses.fields(cls)
+        if field.type in ("int", "float")
+    }
+    assert {"lr", "epochs", "embedding_dim", "dropout"} <= numeric  # the fields were found
+    assert numeric - {"seed"} <= set(FLAG_RULES)
+    assert {"synthetic_users", "synthetic_items", "synthetic_interactions"} <= set(FLAG_RULES)
+
+
+def test_synthetic_interactions_fewer_than_users_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = _refuses([*TINY, "--model", "m", "--synthetic-interactions", "50"], capsys)
+    assert err == "error: --synthetic-interactions must be at least the users (100), got 50\n"
+
+
+def test_the_repository_is_checked_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def never(config: object) -> None:
+        raise AssertionError("trained although the repository cannot take the version")
+
+    monkeypatch.setattr("training.cli.run_pipeline", never)
+    a_file = tmp_path / "repo.txt"
+    a_file.write_text("")
+    err = _refuses([*TINY, "--model", "m", "--repository", str(a_file)], capsys)
+    assert err == f"error: model repository {a_file} is not a directory\n"
+    inside = a_file / "repo"
+    err = _refuses([*TINY, "--model", "m", "--repository", str(inside)], capsys)
+    assert err == f"error: model repository {inside} cannot be created: Not a directory\n"
+
+    def read_only(**kwargs: object) -> str:  # what a read-only mount answers, even to root
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("modelrepo.access.tempfile.mkdtemp", read_only)
+    err = _refuses([*TINY, "--model", "m", "--repository", str(tmp_path)], capsys)
+    assert err == f"error: model repository {tmp_path} is not writable: Read-only file system\n"
+
+
+def test_a_relative_repository_is_resolved_and_the_servers_variable_is_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--model", "demo", "--repository", "here"]) == EXIT_OK
+    assert f"published demo version 1 -> {tmp_path / 'here' / 'demo' / '1'}" in (
+        capsys.readouterr().out
+    )
+    monkeypatch.setenv("RECSERVE_MODEL_REPOSITORY", str(tmp_path / "served"))
+    args = build_parser().parse_args(["--data", "synthetic", "--model", "m"])
+    assert config_from_args(args).repository == tmp_path / "served"

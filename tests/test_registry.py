@@ -105,3 +105,37 @@ def test_provider_is_chosen_once_and_quietly(
     assert len(lines) == 1
     captured = capfd.readouterr()
     assert "CUDA" not in captured.err + captured.out
+
+
+def test_the_public_index_keeps_the_servers_words_and_hides_load_failures(tmp_path: Path) -> None:
+    """What anyone may read: a failure's own reason (file names, library messages) becomes
+    "failed to load"; the reasons the server words itself are shown as they are."""
+    publish_random_version(tmp_path, "m")
+    publish_random_version(tmp_path, "kept", seed=1)
+    publish_random_version(tmp_path, "kept", seed=2)  # version 1: not under the policy
+    (tmp_path / "bad" / "1").mkdir(parents=True)
+    (tmp_path / "bad" / "1" / "metadata.json").write_text("{")
+    (tmp_path / "typo").mkdir()
+    (tmp_path / "typo" / "config.json").write_text('{"batchin": {}}')
+
+    async def main() -> None:
+        async with serving(tmp_path) as (reconciler, _):
+            registry = reconciler.registry
+            (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"not a model")
+            await reconciler.rescan()  # changed in place: the loaded copy keeps serving
+            full = registry.index()
+            assert {e.name: e.reason.split(":")[0] for e in full if e.reason} == {
+                "bad": "cannot read metadata.json",
+                "kept": "not served under the version policy",
+                "m": "serving the copy loaded before; reloading failed",
+                "typo": "invalid config.json",
+            }
+            assert [e.public() for e in full] == [
+                IndexEntry("bad", "1", "UNAVAILABLE", "failed to load"),
+                IndexEntry("kept", "1", "UNAVAILABLE", "not served under the version policy"),
+                IndexEntry("kept", "2", "READY", ""),
+                IndexEntry("m", "1", "READY", "serving the copy loaded before; reloading failed"),
+                IndexEntry("typo", "", "UNAVAILABLE", "failed to load"),
+            ]
+
+    run(main())

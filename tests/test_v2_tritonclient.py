@@ -245,19 +245,23 @@ def test_statistics_count_rows(client: triton.InferenceServerClient) -> None:
 
 def test_repository_api_needs_the_admin_token(client: triton.InferenceServerClient) -> None:
     for headers in (None, _admin("wrong-token"), {"Authorization": TOKEN}):
-        with pytest.raises(InferenceServerException) as caught:
-            client.get_model_repository_index(headers=headers)
-        assert caught.value.status() == "403"
+        expected = "401" if headers is None else "403"  # no credentials, or not the token
+        if headers is not None:  # the read-only index needs none, but refuses wrong ones
+            with pytest.raises(InferenceServerException) as caught:
+                client.get_model_repository_index(headers=headers)
+            assert caught.value.status() == expected
         with pytest.raises(InferenceServerException) as caught:
             client.unload_model("other", headers=headers)
-        assert caught.value.status() == "403"
+        assert caught.value.status() == expected
         with pytest.raises(InferenceServerException) as caught:
             client.load_model("other", headers=headers)
-        assert caught.value.status() == "403"
+        assert caught.value.status() == expected
     assert client.is_model_ready("other")
 
 
-def test_repository_index_unload_and_load(repo: Repo, client: triton.InferenceServerClient) -> None:
+def test_repository_index_unload_and_load(
+    repo: Repo, server: ServerProcess, client: triton.InferenceServerClient
+) -> None:
     index = client.get_model_repository_index(headers=_admin())
     states = {(e["name"], e["version"]): e["state"] for e in index}
     assert states[("recs", "1")] == "READY"
@@ -270,6 +274,10 @@ def test_repository_index_unload_and_load(repo: Repo, client: triton.InferenceSe
     assert {(e["name"], e["state"]) for e in index if e["name"] == "other"} == {
         ("other", "UNAVAILABLE")
     }
+    # Read without the token: the same index, the server's own reasons shown as they are.
+    assert client.get_model_repository_index() == index
+    assert httpx.get(f"{server.url}/v2/models", timeout=10).json() == index
+    assert [e["reason"] for e in index if e["name"] == "other"] == ["unloaded"]
 
     client.load_model("other", headers=_admin())
     assert client.is_model_ready("other")

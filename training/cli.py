@@ -1,6 +1,10 @@
 """``recserve train``: flags, and a run from data to a published version.
 
-Exit status: 0 published, 1 training failed (diverged), 2 bad input (flags or data),
+Everything that can be checked before training is: each flag against its range (the message names
+the flag), the model name, and the repository (resolved to an absolute path, then a writable
+directory or one that can be created), so that a mistake costs seconds, not a training run.
+
+Exit status: 0 published, 1 training failed (diverged), 2 bad input (flags, data or repository),
 3 the ONNX parity check failed (nothing published).
 """
 
@@ -8,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from modelrepo import is_model_name
+from modelrepo.access import publish_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 from training.data import FORMATS, DataError, SyntheticSpec
 from training.models import ModelConfig, kind_names
@@ -27,6 +34,8 @@ from training.pipeline import (
 from training.train import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
+REPOSITORY_ENV = "RECSERVE_MODEL_REPOSITORY"  # the server's: both agree where a shell sets it
+DEFAULT_REPOSITORY = Path("model_repo")
 
 DEFAULT_MODEL = ModelConfig(kind="neumf")
 DEFAULT_TRAIN = TrainConfig()
@@ -57,6 +66,59 @@ _TRAIN_HELP: dict[str, str | None] = {
 """The ``TrainConfig`` fields set by a flag of the same name (``--batch-size``), with its help."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a numeric flag accepts, and how the refusal says it."""
+
+    accepts: Callable[[Any], bool]
+    says: str
+
+
+def _at_least(low: int) -> Rule:
+    return Rule(lambda value: value >= low, f"must be at least {low}")
+
+
+_ABOVE_0 = Rule(lambda value: math.isfinite(value) and value > 0, "must be a finite number above 0")
+_NOT_NEGATIVE = Rule(lambda value: math.isfinite(value) and value >= 0, "must be finite and >= 0")
+_RATE = Rule(lambda value: 0.0 <= value < 1.0, "must be in [0, 1)")
+
+FLAG_RULES: dict[str, Rule] = {
+    "synthetic_users": _at_least(1),
+    "synthetic_items": _at_least(2),
+    "synthetic_interactions": _at_least(1),
+    "embedding_dim": _at_least(1),
+    "gmf_dim": _at_least(1),
+    "l2": _NOT_NEGATIVE,
+    "dropout": _RATE,
+    "lr": _ABOVE_0,
+    "batch_size": _at_least(1),
+    "negatives": _at_least(1),
+    "epochs": _at_least(1),
+    "patience": _at_least(0),
+    "threads": _at_least(0),
+    "unknown_rate": _RATE,
+}
+"""Every numeric flag with a range, checked before any configuration is built: a refusal names
+the flag and the value, where the configuration's own check would print the whole object."""
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first flag out of its range."""
+    for dest, rule in FLAG_RULES.items():
+        value = getattr(args, dest)
+        if value is not None and not rule.accepts(value):
+            raise ValueError(f"{_flag(dest)} {rule.says}, got {value}")
+
+
+def default_repository() -> Path:
+    """``RECSERVE_MODEL_REPOSITORY`` (what ``recserve serve`` reads) or ``model_repo``."""
+    return Path(os.environ.get(REPOSITORY_ENV) or DEFAULT_REPOSITORY)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` flags to ``parser``."""
     m, t = DEFAULT_MODEL, DEFAULT_TRAIN
@@ -81,7 +143,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--model", required=True, metavar="NAME", help="model name to publish")
     out.add_argument(
-        "--repository", type=Path, default=Path("model_repo"), help="model repository root"
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"model repository root (default: ${REPOSITORY_ENV}, else ./{DEFAULT_REPOSITORY}); "
+        "checked before training: a writable directory, or one that can be created",
     )
 
     model = parser.add_argument_group("model")
@@ -97,13 +164,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--optimizer", choices=("adam", "sgd"), default=t.optimizer)
     for name, help_text in _TRAIN_HELP.items():
         default = getattr(t, name)
-        flag = "--" + name.replace("_", "-")
-        train.add_argument(flag, type=type(default), default=default, help=help_text)
+        train.add_argument(_flag(name), type=type(default), default=default, help=help_text)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The pipeline configuration the flags describe (ValueError when invalid)."""
+    """The pipeline configuration the flags describe (ValueError when invalid); the repository
+    is resolved to an absolute path."""
+    check_flags(args)
     if not is_model_name(args.model):
         raise ValueError(
             f"model name {args.model!r} must match {MODEL_NAME_PATTERN.pattern} ({MODEL_NAME_RULE})"
@@ -120,10 +188,15 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         spec = dataclasses.replace(SYNTHETIC_PRESETS[args.data], **overrides)
     elif overrides:
         raise ValueError("--synthetic-* flags need --data " + " or ".join(SYNTHETIC_PRESETS))
+    if spec is not None and spec.interactions < spec.users:
+        raise ValueError(
+            f"--synthetic-interactions must be at least the users ({spec.users:,}), "
+            f"got {spec.interactions:,}"
+        )
     return PipelineConfig(
         data=args.data,
         model_name=args.model,
-        repository=args.repository,
+        repository=(args.repository or default_repository()).resolve(),
         data_format=args.format,
         synthetic=spec,
         model=_from_args(ModelConfig, args),
@@ -144,19 +217,25 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    problem = publish_problem(config.repository)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         result = run_pipeline(config)
-    except ParityError as exc:
+    except tuple(_EXIT_CODES) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_PARITY
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FloatingPointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return next(code for kind, code in _EXIT_CODES.items() if isinstance(exc, kind))
     print(summary(result))
     return EXIT_OK
+
+
+# How a run that fails ends: the exit status of each failure (README: exit codes).
+_EXIT_CODES: dict[type[Exception], int] = {
+    ParityError: EXIT_PARITY,
+    DataError: EXIT_USAGE,
+    FloatingPointError: EXIT_FAILED,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
