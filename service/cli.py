@@ -16,7 +16,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from service.errors import describe_problems
-from service.settings import BatchingSettings, Settings
+from service.settings import MACHINE_DEFAULTS, BatchingSettings, Settings
 
 
 def _flag(name: str) -> str:
@@ -30,7 +30,8 @@ def _add_setting(parser: argparse._ActionsContainer, name: str, field: FieldInfo
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in args if a is not type(None))
     default = field.get_default(call_default_factory=True)
-    shown = "unset" if default is None else default
+    shown = MACHINE_DEFAULTS[name]() if name in MACHINE_DEFAULTS else default
+    shown = "unset" if shown is None else shown
     help_text = f"{field.description or name.replace('_', ' ')} (env {env}; default: {shown})"
     kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
     if annotation is bool:

@@ -3,8 +3,10 @@
 On SIGTERM (or a first Ctrl-C) each worker turns readiness false at once and refuses new
 inference requests with 503, lets the requests it accepted finish within
 ``settings.shutdown_grace_s``, then stops listening, shuts the model reconciler down and exits 0.
-Requests still queued as the grace period ends are answered 503 rather than dropped, and a model
-load in progress (also one at startup) is abandoned at its next step.
+Requests still queued as the grace period ends are answered 503 rather than dropped, clients
+still sending a body are cut off (service.http.protocol), and a model load in progress (also one
+at startup) is abandoned at its next step; the last half second of the grace period is kept for
+stopping, so the process is gone within it.
 With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
 own app from ``RECSERVE_*`` environment variables), forwards the signal and restarts a worker that
 dies; the workers' metrics meet in a directory it creates (see service.metrics.multiprocess).
@@ -16,11 +18,13 @@ import asyncio
 import copy
 import importlib.util
 import logging
+import logging.config
 import math
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from types import FrameType
@@ -30,7 +34,9 @@ import uvicorn
 from pydantic import BaseModel, SecretStr
 from uvicorn.config import LOGGING_CONFIG
 
+from modelrepo.access import read_problem
 from service.http.lifecycle import Lifecycle
+from service.http.protocol import edge_protocol
 from service.http.state import STATE_KEY, AppState
 from service.metrics import multiprocess as multiprocess_metrics
 from service.metrics.families import Metrics
@@ -43,9 +49,13 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "RECSERVE_"
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that never started serving
+BAD_REPOSITORY = 2  # as for an invalid flag: the server cannot start as asked
 _SUPERVISOR_TICK_S = 0.5
 # Part of the grace period kept for answering 503 to what is still queued when it ends.
 _FINAL_ANSWERS_S = 1.0
+# Part of the grace period kept for stopping once the requests are done: closing the connections
+# (a client still sending its body is cut off then), unloading the models, exiting.
+_STOPPING_S = 0.5
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
@@ -87,14 +97,17 @@ def log_config(settings: Settings) -> dict[str, Any]:
 
 
 def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
-    """uvicorn settings: uvloop and httptools when installed, no access log (see request_log)."""
+    """uvicorn settings: uvloop when installed, the server's own HTTP protocol with its limits
+    (service.http.protocol: httptools when installed), no access log (see request_log)."""
     have = importlib.util.find_spec
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop" if have("uvloop") else "asyncio",
-        http="httptools" if have("httptools") else "h11",
+        http=edge_protocol(settings),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,
@@ -140,9 +153,10 @@ class GracefulServer(uvicorn.Server):
         self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.grace_s
+        answering_s = self.grace_s - min(_STOPPING_S, self.grace_s / 4)
+        deadline = time.monotonic() + answering_s
         final_s = min(_FINAL_ANSWERS_S, self.grace_s / 4)
-        if not await self.lifecycle.wait_idle(self.grace_s - final_s):
+        if not await self.lifecycle.wait_idle(answering_s - final_s):
             logger.warning(
                 "grace period over with %d request(s) in flight; answering 503 to those queued",
                 self.lifecycle.inflight,
@@ -252,7 +266,18 @@ class _Supervisor:
 
 
 def serve(settings: Settings) -> int:
-    """Serve until a signal; the process exit status (0 after a graceful shutdown)."""
+    """Serve until a signal; the process exit status (0 after a graceful shutdown).
+
+    A model repository that cannot be read at start ends it at once with one line and status 2:
+    it is a mistake in the flags, which a server reporting ready with no models would hide. One
+    that becomes unreadable later leaves the loaded models serving (service.models.reconciler).
+    """
+    problem = read_problem(settings.model_repository)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return BAD_REPOSITORY
+    logging.config.dictConfig(log_config(settings))  # uvicorn applies it again, unchanged
+    logger.info("%s", settings.workers_reason)
     if settings.workers > 1:
         return _Supervisor(settings).run()
     return _serve_app(settings)

@@ -6,13 +6,14 @@ handed to ``create_app``.
 
 from __future__ import annotations
 
-import math
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.cores import usable_cores
 
 Provider = Literal["auto", "cuda", "cpu"]
 
@@ -53,7 +54,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Worker processes, each with every model loaded; 0: one per usable core "
+        "(affinity mask and cgroup CPU quota) with the CPU provider, 1 with CUDA.",
+    )
     model_repository: Path = Field(Path("model_repo"), description="Model repository root.")
     poll_interval_s: float = Field(
         2.0, ge=0, description="Seconds between repository scans; 0 disables polling."
@@ -78,29 +84,95 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     request_log: bool = Field(False, description="One JSON log line per request.")
+    # The HTTP edge (service.http.protocol): what one connection may cost before it is refused.
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="HTTP/1.1 parser: httptools when installed (auto), or h11."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request head (request line and header fields); beyond it 431 "
+        "(414 when the request line alone is longer) and the connection is closed.",
+    )
+    max_header_count: int = Field(
+        100, ge=1, description="Most header fields in one request; beyond it 431."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time to receive a request's head from its first byte (or from the "
+        "connection's opening); beyond it 408 and the connection is closed (without an answer if "
+        "nothing was sent).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Time to receive a request's body once its head is in; beyond it 408 and the "
+        "connection is closed.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections per worker; beyond them requests get 503 with Retry-After "
+        "(health probes are still answered).",
+    )
+
+    # Why ``workers`` has its value, for the start-up log (see workers_reason). A worker process
+    # rebuilds its settings from RECSERVE_WORKERS=<the chosen count> and so reads "set by ...".
+    _workers_reason: str = PrivateAttr("")
 
     @model_validator(mode="after")
-    def _choose_threads(self) -> Settings:
+    def _choose_from_the_machine(self) -> Settings:
+        if self.workers == 0:
+            self.workers, why = default_workers(self.provider, self.cuda_device_id)
+        else:
+            why = "set by --workers or RECSERVE_WORKERS"
+        self._workers_reason = f"{self.workers} worker{'s' * (self.workers > 1)}: {why}"
         if self.ort_intra_op_threads == 0:
             self.ort_intra_op_threads = auto_intra_op_threads(self.workers)
         return self
 
+    @property
+    def workers_reason(self) -> str:
+        """E.g. "2 workers: 2 usable cores, CPU provider", logged as the server starts."""
+        return self._workers_reason
 
-def available_cores() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
+
+def default_workers(provider: Provider, cuda_device_id: int = 0) -> tuple[int, str]:
+    """Worker processes when not configured, and why: one per usable core on the CPU, where
+    each worker runs its own event loop and ONNX Runtime sessions in parallel; 1 on CUDA, where
+    each further worker would hold its own CUDA context and copy of every model on one GPU."""
+    if provider == "cuda":
+        return 1, "CUDA provider"
+    if provider == "auto" and _gpu_chosen(cuda_device_id):
+        return 1, "CUDA provider (auto: a GPU is present)"
+    cores = usable_cores()
+    return cores, f"{cores} usable core{'s' * (cores > 1)}, CPU provider"
+
+
+def _gpu_chosen(cuda_device_id: int) -> bool:
+    """Whether provider ``auto`` runs on CUDA here. Imported late: the probe needs onnxruntime
+    and the runtime package depends on this module."""
+    from service.runtime.provider import CUDA, choose_provider
+
+    return choose_provider("auto", cuda_device_id).provider == CUDA
 
 
 def auto_intra_op_threads(workers: int, cores: int | None = None) -> int:
     """ONNX Runtime threads per session when not configured: the cores each worker process gets,
-    less one for its event loop (which decodes, batches and encodes meanwhile), at least 1."""
-    cores = available_cores() if cores is None else cores
+    less one for its event loop (which decodes, batches and encodes meanwhile), at least 1.
+    With the default of one worker per core that is 1: the session runs on the calling thread."""
+    cores = usable_cores() if cores is None else cores
     return max(1, cores // workers - 1)
+
+
+def _shown_default_workers() -> str:
+    cores = usable_cores()
+    return f"0, which is {cores} here with the CPU provider"
+
+
+# How ``recserve serve --help`` shows the defaults that are chosen from the machine.
+MACHINE_DEFAULTS: dict[str, Callable[[], str]] = {"workers": _shown_default_workers}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from service.cores import usable_cores
 from service.server import settings_to_env, uvicorn_config
 from service.settings import BatchingSettings, Settings
 from tests.factories import publish_random_version, reference_scores
@@ -169,6 +170,28 @@ def test_workers_serve_and_stop_with_status_0(tmp_path: Path) -> None:
     assert server.log().count("Finished server process") == 2
 
 
+def test_by_default_a_cpu_server_runs_a_worker_per_usable_core(tmp_path: Path) -> None:
+    publish_random_version(tmp_path / "repo", "recs")
+    cores = usable_cores()
+    server = start_server(
+        tmp_path / "repo",
+        tmp_path / "server.log",
+        "--provider=cpu",
+        "--poll-interval-s=0",
+        env={"RECSERVE_WORKERS": "0"},  # what an unset --workers means, past the tests' pin to 1
+    )
+    try:
+        plural = "s" * (cores > 1)
+        assert f"{cores} worker{plural}: {cores} usable core{plural}, CPU provider" in server.log()
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < cores:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+    finally:
+        assert server.stop(60) == 0, server.log()
+    assert server.log().count("Finished server process") == cores
+
+
 def test_idle_server_stops_with_status_0_and_frees_the_port(tmp_path: Path) -> None:
     publish_random_version(tmp_path / "repo", "recs")
     server = start_server(tmp_path / "repo", tmp_path / "server.log", "--poll-interval-s", "0")
@@ -212,9 +235,17 @@ def test_unset_token_is_not_written_to_the_environment() -> None:
 def test_uvicorn_uses_uvloop_and_httptools_when_installed() -> None:
     pytest.importorskip("uvloop")
     pytest.importorskip("httptools")
-    settings = Settings(port=1234, shutdown_grace_s=2.5)
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    settings = Settings(port=1234, shutdown_grace_s=2.5, max_header_count=7)
     config = uvicorn_config(settings, "service.app:app_from_env")
-    assert (config.loop, config.http) == ("uvloop", "httptools")
+    assert config.loop == "uvloop"
+    # The server's own protocol (service.http.protocol) over httptools, with its limits.
+    assert isinstance(config.http, type) and issubclass(config.http, HttpToolsProtocol)
+    assert config.http.limits.max_header_count == 7  # type: ignore[attr-defined]
+    h11 = uvicorn_config(settings.model_copy(update={"http_parser": "h11"}), "x:y").http
+    assert isinstance(h11, type) and issubclass(h11, H11Protocol)
     assert config.port == 1234
     assert config.timeout_graceful_shutdown == 3
     assert not config.access_log

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from modelrepo import is_model_name, parse_version
 from service.errors import InvalidInput, ShuttingDown
-from service.http.request_body import read_body
+from service.http.request_body import discard_body, read_body
 from service.http.request_log import set_labels
 from service.http.state import app_state, get_registry
 
@@ -63,6 +63,7 @@ async def admitted(request: Request, handle: Callable[[bytes, ServedVersion], Aw
     """
     state = app_state(request)
     if state.lifecycle.draining:
+        await discard_body(request, state.settings.max_request_bytes)  # so the 503 is read
         raise ShuttingDown("the server is shutting down; send the request elsewhere")
     body = await read_body(request, state.settings.max_request_bytes)
     served = resolve(request)

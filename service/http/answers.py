@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -48,8 +49,29 @@ def error_response(
         logger.debug("request %s: %s %s -> %d: %s", *where, status_code, message)
     else:
         logger.error("request %s: %s %s -> %d: %s", *where, status_code, message, exc_info=cause)
-    body = orjson.dumps({"error": message})
-    return Response(body, status_code, headers=dict(headers or {}), media_type=JSON_TYPE)
+    return Response(
+        error_body(message), status_code, headers=dict(headers or {}), media_type=JSON_TYPE
+    )
+
+
+def error_body(message: str) -> bytes:
+    """The body of every error answer: ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
+def error_bytes(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """The answer of :func:`error_response` as the bytes of an HTTP/1.1 response that ends the
+    connection: for the refusals the HTTP edge makes before a request reaches the app
+    (service.http.protocol), where there is no ASGI response to send."""
+    body = error_body(message)
+    lines = [
+        f"HTTP/1.1 {status_code} {HTTPStatus(status_code).phrase}",
+        f"content-type: {JSON_TYPE}",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def serving_error_response(scope: Scope, exc: ServingError) -> Response:

@@ -6,6 +6,11 @@ held whole in memory.
 
 A client that disconnects after sending its body is noticed by :func:`while_connected` while its
 request waits for the batcher: its queued rows are then dropped, never computed.
+
+A request refused before its body is needed (503 while draining, or beyond the connection cap)
+still has its body read and dropped by :func:`discard_body` before the answer: a server that
+closes a connection with unread bytes makes the kernel reset it, and a client still sending its
+upload then sees that reset instead of the answer.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from service.errors import InvalidInput, PayloadTooLarge
 
 _T = TypeVar("_T")
 WATCH_AFTER_S = 0.05
+# How long a refused request's body may take to be read and dropped before its answer is sent.
+DISCARD_WITHIN_S = 2.0
 
 # zlib window bits: 16 + MAX_WBITS reads a gzip wrapper, MAX_WBITS a zlib wrapper.
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -52,6 +59,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity"
         )
     return decompress(body, wbits, limit, encoding)
+
+
+async def discard_body(request: Request, limit: int, within_s: float = DISCARD_WITHIN_S) -> bool:
+    """Read and drop the request's body, at most ``limit`` bytes and within ``within_s``, so that
+    the answer sent without it reaches the client; False if the body was longer or slower (the
+    answer is sent anyway). A client that leaves meanwhile raises ``ClientDisconnect``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return False
+    received = 0
+    try:
+        async with asyncio.timeout(within_s):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    return False
+    except TimeoutError:
+        return False
+    return True
 
 
 def decompress(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
