@@ -39,18 +39,22 @@ class Unauthorized(ServingError):
     status_code = 403
 
 
+class Unauthenticated(Unauthorized):
+    """The repository API was called with no credentials at all: 401, naming the scheme to use."""
+
+    status_code = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="recserve"'}
+
+
 class ModelNotFound(ServingError):
     status_code = 404
 
 
-class ModelNotReady(ServingError):
-    """The model or version exists but is not loaded and ready."""
-
-    status_code = 503
-
-
 class Unavailable(ServingError):
-    """The server cannot take the request now: queue full, timed out in queue, or shutting down."""
+    """The server cannot take the request now: queue full, timed out in queue, not ready, or
+    shutting down. Every 503 says when to try again (``Retry-After``)."""
 
     status_code = 503
 
@@ -60,6 +64,16 @@ class Unavailable(ServingError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class ModelNotReady(Unavailable):
+    """The model or version exists but is not loaded and ready (loading, unloading, failed to
+    load, not served under the version policy, or the server is starting).
+
+    The message says only that: why a version is not ready can name files, paths, checksums and
+    library messages, which are for the log and the token-protected repository index, not for
+    whoever calls the version.
+    """
 
 
 class Overloaded(Unavailable):
@@ -81,7 +95,22 @@ class InferenceFailed(ServingError):
 
 
 class ModelLoadError(Exception):
-    """A version could not be loaded; the reason is shown in the repository index."""
+    """A version could not be loaded. The reason is logged and shown in the repository index to
+    the admin token only; callers of the version are told it is not ready."""
+
+
+def not_utf8(data: bytes | bytearray | memoryview) -> str | None:
+    """``"not valid UTF-8 at byte N"`` if ``data`` is not UTF-8 text, else None.
+
+    JSON parsers word an invalid byte as a string problem ("str is not valid UTF-8: surrogates
+    not allowed", "invalid unicode code point"), which points a client at its strings rather than
+    at the bytes it sent; this names the first offending byte of the body instead.
+    """
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 at byte {exc.start}"
+    return None
 
 
 def describe_problems(
@@ -97,5 +126,13 @@ def describe_problems(
     problems = []
     for error in list(errors)[:limit]:
         field = ".".join(str(part) for part in error.get("loc", ())) or whole
-        problems.append(f"{field}: {error.get('msg', '')}")
+        problems.append(f"{field}: {_problem(error)}")
     return "; ".join(problems)
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """The message of one validation error; a body that is not UTF-8 says where it is not."""
+    given = error.get("input")
+    if error.get("type") == "json_invalid" and isinstance(given, bytes | bytearray):
+        return not_utf8(given) or str(error.get("msg", ""))
+    return str(error.get("msg", ""))

@@ -248,7 +248,7 @@ async def test_bad_header_length_is_400(served: Harness) -> None:
     [
         (InvalidInput("input 'user' is bad"), 400, None),
         (ModelNotFound("gone"), 404, None),
-        (ModelNotReady("warming"), 503, None),
+        (ModelNotReady("warming"), 503, "1"),
         (Overloaded("queue full", retry_after_s=2), 503, "2"),
         (QueueTimeout("too slow"), 503, "1"),
         (InferenceFailed("ORT says no"), 500, None),
@@ -368,14 +368,28 @@ async def test_v1_refuses_a_signature_it_cannot_serve_yet(
 # -- repository API ------------------------------------------------------------------------------
 
 
+PUBLIC_INDEX = [
+    {"name": "m", "version": "1", "state": "READY", "reason": ""},
+    {"name": "m", "version": "2", "state": "READY", "reason": ""},
+    {"name": "broken", "version": "1", "state": "UNAVAILABLE", "reason": "failed to load"},
+]
+
+
 @pytest.mark.anyio
 async def test_repository_api_is_403_without_a_configured_token(no_token: Harness) -> None:
     for path in ("/v2/repository/index", "/v2/repository/models/m/load"):
-        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {TOKEN}"}):
+        for headers in ({"Authorization": "Bearer "}, {"Authorization": f"Bearer {TOKEN}"}):
             response = await no_token.client.post(path, headers=headers)
             assert response.status_code == 403
             assert "no admin token" in response.json()["error"]
+    load = await no_token.client.post("/v2/repository/models/m/load")
+    assert load.status_code == 403
+    assert "no admin token" in load.json()["error"]
     assert no_token.reconciler.loaded == []
+    # The index is read-only: without credentials it answers, with the public reasons.
+    index = await no_token.client.post("/v2/repository/index")
+    assert index.status_code == 200
+    assert index.json() == PUBLIC_INDEX
 
 
 @pytest.mark.anyio
@@ -386,11 +400,32 @@ async def test_repository_api_refuses_a_wrong_token(
     served: Harness, authorization: str | None
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
+    # No credentials at all: 401 naming the scheme; credentials that are not the token: 403.
+    expected = 403 if headers else 401
     for action in ("load", "unload"):
         response = await served.client.post(f"/v2/repository/models/m/{action}", headers=headers)
-        assert response.status_code == 403
-    assert (await served.client.post("/v2/repository/index", headers=headers)).status_code == 403
+        assert response.status_code == expected
+        if expected == 401:
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    # The index needs no credentials, but refuses wrong ones rather than answer less.
+    for index in (
+        await served.client.post("/v2/repository/index", headers=headers),
+        await served.client.get("/v2/models", headers=headers),
+    ):
+        assert index.status_code == (403 if headers else 200)
     assert served.reconciler.loaded == served.reconciler.unloaded == []
+
+
+@pytest.mark.anyio
+async def test_the_index_without_credentials_hides_the_failure_reasons(served: Harness) -> None:
+    """The reason a version failed ("bad model.onnx" here) can name files and library messages:
+    read without the token, the index says only that it failed; GET /v2/models is the same."""
+    assert (await served.client.post("/v2/repository/index")).json() == PUBLIC_INDEX
+    assert (await served.client.get("/v2/models")).json() == PUBLIC_INDEX
+    ready = await served.client.post("/v2/repository/index", json={"ready": True})
+    assert ready.json() == PUBLIC_INDEX[:2]
+    detailed = await served.client.get("/v2/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert detailed.json()[2]["reason"] == "bad model.onnx"
 
 
 @pytest.mark.anyio

@@ -366,13 +366,56 @@ def test_corrupt_gzip_is_refused(data: bytes, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("datatype", "value"),
-    [("UINT64", -1), ("UINT8", 256), ("INT32", -(2**31) - 1), ("UINT16", -1), ("INT8", 128)],
+    ("datatype", "data", "at"),
+    [
+        ("UINT64", [1, -1], 1),
+        ("UINT8", [1, 256], 1),
+        ("INT32", [1, -(2**31) - 1], 1),
+        ("UINT16", [1, -1], 1),
+        ("INT8", [1, 128], 1),
+        ("INT64", [18446744073709551615], 0),
+        # No one NumPy type holds both: read as floats, still reported as the integers sent.
+        ("UINT64", [18446744073709551615, -1], 1),
+        ("INT64", [-1, 18446744073709551615], 1),
+    ],
 )
-def test_json_integers_outside_the_datatype_are_refused(datatype: str, value: int) -> None:
-    body = _json({"inputs": [_tensor("user", [1, value], [2], datatype)]})
-    with pytest.raises(InvalidInput, match=f"out of range for datatype {datatype}"):
+def test_json_integers_outside_the_datatype_are_refused_as_sent(
+    datatype: str, data: list[int], at: int
+) -> None:
+    body = _json({"inputs": [_tensor("user", data, [len(data)], datatype)]})
+    with pytest.raises(InvalidInput) as refused:
         decode_infer_request(body)
+    assert refused.value.message == (
+        f"input 'user' value {data[at]} at index {at} is out of range for datatype {datatype}"
+    )
+
+
+def test_the_largest_uint64_is_read_as_sent() -> None:
+    """18446744073709551615 stays that number (the server's range check reports it so), not the
+    -1 it would wrap to as int64."""
+    values = [3, 2**64 - 1]  # NumPy reads these two together as floats
+    for body, header_length in (
+        (_json({"inputs": [_tensor("user", values, [2], "UINT64")]}), None),
+        _binary_body({"user": np.array(values, np.uint64)}, "UINT64"),
+    ):
+        decoded = decode_infer_request(body, header_length).inputs["user"]
+        assert decoded.dtype == np.uint64 and decoded.tolist() == [3, 18446744073709551615]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [{"name": "us\xffer", "shape": [1], "datatype": "INT64", "data": [1]}]}',
+        b'{"id": "\xed\xa0\x80", "inputs": []}',  # a UTF-8-encoded surrogate
+        b'{"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "data": ["a\xc3"]}]}',
+    ],
+)
+def test_invalid_utf8_names_the_byte(body: bytes) -> None:
+    for header_length in (None, len(body)):
+        with pytest.raises(InvalidInput) as refused:
+            decode_infer_request(body + b"\x00" * 8 if header_length else body, header_length)
+        at = min(body.find(b) for b in (b"\xff", b"\xed", b"\xc3") if b in body)
+        assert refused.value.message == f"request body is not valid UTF-8 at byte {at}"
 
 
 @pytest.mark.parametrize(

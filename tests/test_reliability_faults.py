@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,6 +22,7 @@ from tests.factories import publish_random_version, random_params, reference_sco
 from tests.reliability_tools import (
     binary_scores,
     infer_body,
+    json_body,
     metric_value,
     random_rows,
     repository_index,
@@ -35,11 +37,11 @@ N_USERS, N_ITEMS = 50, 40
 Params = dict[str, np.ndarray]
 
 
-def _sha256_of_model(version_dir: Path) -> None:
-    """Make the manifest's checksum match model.onnx as it now is."""
+def _sha256_of_model(version_dir: Path, name: str = MODEL_FILE) -> None:
+    """Make the manifest's checksum match the file ``name`` as it now is."""
     manifest = read_manifest(version_dir)
-    digest = hashlib.sha256((version_dir / MODEL_FILE).read_bytes()).hexdigest()
-    manifest = manifest.model_copy(update={"files": {**manifest.files, MODEL_FILE: digest}})
+    digest = hashlib.sha256((version_dir / name).read_bytes()).hexdigest()
+    manifest = manifest.model_copy(update={"files": {**manifest.files, name: digest}})
     (version_dir / MANIFEST_FILE).write_text(manifest.to_json())
 
 
@@ -67,13 +69,47 @@ def _break_contract(version_dir: Path) -> None:
     _sha256_of_model(version_dir)
 
 
-# kind -> (damage applied to a version directory, what the index says about it)
+def _metadata_directory(version_dir: Path) -> None:
+    """metadata.json a directory: reading it fails with an OS error naming the absolute path."""
+    (version_dir / MANIFEST_FILE).unlink()
+    (version_dir / MANIFEST_FILE).mkdir()
+
+
+def _metadata_not_json(version_dir: Path) -> None:
+    (version_dir / MANIFEST_FILE).write_text('{"kind": ')
+
+
+def _drop_model(version_dir: Path) -> None:
+    (version_dir / MODEL_FILE).unlink()
+
+
+def _short_vocabulary(version_dir: Path) -> None:
+    """One item fewer than the signature's table, checksum matched: the reason tells table sizes."""
+    lines = (version_dir / "items.txt").read_text().splitlines()
+    (version_dir / "items.txt").write_text("\n".join(lines[:-1]) + "\n")
+    _sha256_of_model(version_dir, "items.txt")
+
+
+def _vocabulary_not_utf8(version_dir: Path) -> None:
+    with open(version_dir / "items.txt", "ab") as handle:
+        handle.write(b"\xff\xfe\n")
+    _sha256_of_model(version_dir, "items.txt")
+
+
+# kind -> (damage applied to a version directory, what the admin's index and the log say of it)
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (_truncate, "sha256"),
     "corrupt": (_corrupt, "onnxruntime cannot load"),
     "missing-vocabulary": (_drop_vocabulary, "items.txt is missing"),
     "contract": (_break_contract, "do not match the contract"),
+    "metadata-directory": (_metadata_directory, "Is a directory"),
+    "metadata-not-json": (_metadata_not_json, "cannot read metadata.json"),
+    "missing-model": (_drop_model, "model.onnx is missing"),
+    "short-vocabulary": (_short_vocabulary, f"items.txt has {N_ITEMS - 1} ids"),
+    "vocabulary-not-utf8": (_vocabulary_not_utf8, "cannot read items.txt"),
 }
+REPLACEABLE = ("contract", "corrupt", "missing-vocabulary", "truncated")
+"""The damages an operator repairs by renaming good files over the bad ones."""
 
 
 def _scratch_version(repo: Path, model: str, seed: int) -> tuple[Path, Params]:
@@ -182,7 +218,7 @@ def _failures(server: ServerProcess, model: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(DAMAGE))
+@pytest.mark.parametrize("kind", REPLACEABLE)
 def test_broken_new_version_leaves_the_old_serving_until_fixed(
     served: tuple[ServerProcess, Path], kind: str
 ) -> None:
@@ -201,7 +237,8 @@ def test_broken_new_version_leaves_the_old_serving_until_fixed(
         time.sleep(0.5)  # five polls: an unchanged failure is not retried, nor counted again
         assert _failures(server, model) == 1
         response = httpx.get(f"{server.url}/v2/models/{model}/versions/2/ready")
-        assert response.status_code == 503 and reason in response.json()["error"]
+        assert response.status_code == 503 and reason not in response.json()["error"]
+        assert response.json() == {"error": f"model '{model}' version 2 is not ready"}
 
         _replace_files(repo, broken, 2)
         wait_until(lambda: served_versions(server.url, model) == [2], 30, "version 2 served")
@@ -275,8 +312,10 @@ def test_a_removed_broken_version_is_forgotten(served: tuple[ServerProcess, Path
 
     broken, _ = _publish_damaged(repo, model, 1, _truncate)
     wait_until(lambda: _failures(server, model) == 1, 30, "the failure counted")
+    assert "sha256" in _entry(server, model, 1)["reason"]
     response = httpx.get(f"{server.url}/v2/models/{model}/ready")
-    assert response.status_code == 503 and "sha256" in response.json()["error"]
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json() == {"error": f"model '{model}' has no version ready"}
 
     shutil.rmtree(broken)
     wait_until(
@@ -290,6 +329,77 @@ def test_a_removed_broken_version_is_forgotten(served: tuple[ServerProcess, Path
         "the version gone from the index",
     )
     response = httpx.get(f"{server.url}/v2/models/{model}/ready")
-    assert response.status_code == 503 and "sha256" not in response.json()["error"]
+    assert response.status_code == 503
+    assert response.json() == {"error": f"model '{model}' has no version ready"}
     publish_random_version(repo, model, seed=2)
     wait_until(lambda: served_versions(server.url, model) == [1], 30, "the new version 1 served")
+
+
+# What no caller without the admin token may read: paths, checksums, OS and library messages,
+# the sizes of the version's tables (50 users and 40 items: 51 and 41 rows, with row 0).
+INTERNAL = re.compile(
+    rf"sha256|errno|onnxruntime|codec|/tmp/|/home/|/root/|[0-9a-f]{{12}}"
+    rf"|\b({N_USERS}|{N_USERS + 1}|{N_ITEMS - 1}|{N_ITEMS}|{N_ITEMS + 1})\b",
+    re.IGNORECASE,
+)
+
+
+def _public_requests(model: str) -> list[tuple[str, str, bytes, str]]:
+    """Every request about ``model`` (its only version, 1, is broken) that needs no token:
+    method, path, body, and the one message each answer may hold."""
+    no_version = f"model '{model}' has no version ready"
+    not_ready = f"model '{model}' version 1 is not ready"
+    requests = []
+    for v2, v1, message in (
+        (f"/v2/models/{model}", f"/v1/models/{model}", no_version),
+        (f"/v2/models/{model}/versions/1", f"/v1/models/{model}/versions/1", not_ready),
+    ):
+        requests += [
+            ("GET", v2, b"", message),
+            ("GET", f"{v2}/ready", b"", message),
+            ("GET", f"{v2}/config", b"", message),
+            ("GET", f"{v2}/stats", b"", message),
+            ("POST", f"{v2}/infer", json_body([1], [1]), message),
+            ("POST", f"{v1}/score", b'{"user_id": "u1", "item_ids": ["i1"]}', message),
+            ("POST", f"{v1}/recommend", b'{"user_id": "u1"}', message),
+        ]
+    return requests
+
+
+@pytest.mark.slow
+def test_a_broken_version_tells_its_callers_only_that_it_is_not_ready(
+    served: tuple[ServerProcess, Path],
+) -> None:
+    """For each kind of damage: every answer a caller without the token gets is 503 "not ready"
+    with Retry-After and nothing internal; the reason is in the log (once) and the admin's index."""
+    server, repo = served
+    models = {kind: f"leak-{kind}" for kind in DAMAGE}
+    for kind, model in models.items():
+        _publish_damaged(repo, model, 1, DAMAGE[kind][0])
+    wait_until(
+        lambda: all(_state(server, m, 1) == "UNAVAILABLE" for m in models.values()),
+        30,
+        "every failure reported",
+    )
+    time.sleep(0.5)  # five polls: an unchanged failure is not retried, nor logged again
+
+    log = server.log()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for kind, model in models.items():
+            reason = DAMAGE[kind][1]
+            assert reason in _entry(server, model, 1)["reason"], kind
+            failure = f"cannot load model '{model}' version 1: "
+            assert log.count(failure) == 1 and reason in log.split(failure)[1].splitlines()[0]
+            for method, path, body, message in _public_requests(model):
+                response = client.request(method, path, content=body)
+                assert response.status_code == 503, (kind, path, response.text)
+                assert response.json() == {"error": message}, (kind, path)
+                assert int(response.headers["retry-after"]) >= 1, (kind, path)
+                assert not INTERNAL.search(response.text), (kind, path, response.text)
+        for method, path in (("GET", "/v2/models"), ("POST", "/v2/repository/index")):
+            index = client.request(method, path)
+            assert index.status_code == 200
+            broken = [e for e in index.json() if e["name"] in models.values()]
+            assert len(broken) == len(DAMAGE)
+            assert {e["reason"] for e in broken} == {"failed to load"}
+            assert not INTERNAL.search(str(broken)), broken

@@ -94,6 +94,9 @@ def _binary_input(name: str, shape: list[int], size: int) -> dict[str, Any]:
 USER = _tensor("user", "INT64", [2], [1, 2])
 ITEM = _tensor("item", "INT64", [2], [3, 4])
 NESTED = 20_000
+BYTES_TENSOR = (  # a third input, a string tensor with a truncated UTF-8 sequence
+    _infer(USER, ITEM)[:-2] + b',{"name":"s","datatype":"BYTES","shape":[1],"data":["\xc3("]}]}'
+)
 
 # JSON bodies: (the user tensor, the item tensor, a phrase the 400 message must hold)
 BAD_TENSORS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
@@ -115,7 +118,18 @@ BAD_TENSORS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         _tensor("item", "INT64", [3], [1, 2, 3]),
         "same number of rows",
     ),
-    "row out of range": (USER, _tensor("item", "INT64", [2], [3, 10**6]), "out of range"),
+    # The value as sent, never the table's size; a UINT64 not as the -1 it wraps to in int64.
+    "row out of range": (
+        USER,
+        _tensor("item", "INT64", [2], [3, 10**6]),
+        "input 'item' value 1000000 at index 1 is out of range for model 'recs' version 1",
+    ),
+    "UINT64 past int64": (
+        USER,
+        _tensor("item", "UINT64", [2], [3, 18446744073709551615]),
+        "input 'item' value 18446744073709551615 at index 1 is out of range for model 'recs' "
+        "version 1",
+    ),
 }
 
 # (request body, extra headers, a phrase the 400 message must hold)
@@ -160,7 +174,13 @@ BAD_INFER: dict[str, tuple[bytes, dict[str, str], str]] = {
         {},
         "not valid JSON",
     ),
-    "not JSON at all": (b"\xff\xfe\x00garbage", {}, "not valid JSON"),
+    "not JSON at all": (b"{\x00garbage", {}, "not valid JSON"),
+    "not UTF-8": (b"\xff\xfe\x00garbage", {}, "request body is not valid UTF-8 at byte 0"),
+    "invalid UTF-8 in a BYTES tensor": (
+        BYTES_TENSOR,
+        {},
+        f"request body is not valid UTF-8 at byte {BYTES_TENSOR.index(bytes([0xC3]))}",
+    ),
 }
 
 
@@ -170,6 +190,13 @@ def test_malformed_inference_requests_are_400_with_a_message(setup: Setup, case:
     reply = send(setup.server, "POST", INFER, body, headers)
     assert reply.status == 400, reply.body
     assert phrase in reply.json()["error"]
+
+
+def test_a_recommendation_body_that_is_not_utf8_names_the_byte(setup: Setup) -> None:
+    body = b'{"user_id": "u\xff1", "item_ids": ["i1"]}'
+    reply = send(setup.server, "POST", "/v1/models/recs/score", body)
+    assert reply.status == 400, reply.body
+    assert reply.json() == {"error": "invalid request: body: not valid UTF-8 at byte 14"}
 
 
 @pytest.mark.parametrize(
@@ -300,11 +327,18 @@ def test_path_tricks_never_leave_the_repository(setup: Setup) -> None:
         "/v2/repository/models/recs/unload",
     ],
 )
-def test_repository_api_without_the_admin_token_is_403(
+def test_repository_api_without_the_admin_token_is_refused(
     setup: Setup, path: str, authorization: str | None
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     reply = send(setup.server, "POST", path, b"", headers)
-    assert reply.status == 403, reply.body
+    if authorization is None and path == "/v2/repository/index":
+        assert reply.status == 200, reply.body  # the read-only index needs no credentials
+        return
+    if authorization is None:  # no credentials at all: 401, naming the scheme to use
+        assert reply.status == 401, reply.body
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+    else:
+        assert reply.status == 403, reply.body
     assert "token" in reply.json()["error"]
     assert send(setup.server, "GET", "/v2/models/recs/ready").status == 200  # still loaded

@@ -11,7 +11,20 @@ from dataclasses import dataclass
 
 from service.errors import ModelNotFound, ModelNotReady
 from service.models.served import ServedVersion
-from service.models.state import UNAVAILABLE, ModelRecord, ServingStatus
+from service.models.state import (
+    POLICY_REASON,
+    UNAVAILABLE,
+    ModelRecord,
+    ServingStatus,
+    State,
+)
+
+NO_VERSIONS = "no versions"
+UNLOADED = "unloaded"  # as service.models.state words it
+FAILED_PUBLIC = "failed to load"
+RELOAD_FAILED_PUBLIC = "serving the copy loaded before; reloading failed"
+_PUBLIC_REASONS = frozenset({"", NO_VERSIONS, UNLOADED, POLICY_REASON})
+"""Reasons the server itself words, which hold nothing from the files or the libraries."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,15 @@ class IndexEntry:
     version: str
     state: str  # READY | UNAVAILABLE | LOADING | UNLOADING
     reason: str
+
+    def public(self) -> IndexEntry:
+        """The entry as anyone may read it: a reason the server words itself, or one that says
+        only what happened. A load failure's own reason can name files, paths and library
+        messages; it stays in the log and in the index answered to the admin token."""
+        if self.reason in _PUBLIC_REASONS:
+            return self
+        reason = RELOAD_FAILED_PUBLIC if self.state == State.READY else FAILED_PUBLIC
+        return IndexEntry(self.name, self.version, self.state, reason)
 
 
 class Registry:
@@ -39,19 +61,23 @@ class Registry:
         return self._status.provider
 
     def get(self, name: str, version: int | None = None) -> ServedVersion:
-        """The served version (None: the highest served one)."""
+        """The served version (None: the highest served one).
+
+        A version that exists but does not serve is "not ready", whatever the reason: anyone
+        may call it, and the reason can name paths, checksums and library messages. The reason
+        is logged when the load fails and shown in the index to the admin token.
+        """
         self._status.refuse_if_stopping()
         model = self._model(name)
         if version is None:
             if model.latest is None:
-                raise ModelNotReady(f"model '{name}' has no version ready{model.why_not_ready()}")
+                raise ModelNotReady(f"model '{name}' has no version ready")
             return model.latest
         record = model.versions.get(version)
         if record is None:
             raise ModelNotFound(f"model '{name}' has no version {version}")
         if record.serving is None:
-            why = f": {record.reason}" if record.reason else ""
-            raise ModelNotReady(f"model '{name}' version {version} is not ready{why}")
+            raise ModelNotReady(f"model '{name}' version {version} is not ready")
         return record.serving
 
     def versions(self, name: str) -> list[int]:
@@ -65,9 +91,7 @@ class Registry:
         for name in sorted(self._models):
             model = self._models[name]
             if not model.versions:
-                entries.append(
-                    IndexEntry(name, "", UNAVAILABLE, model.config_error or "no versions")
-                )
+                entries.append(IndexEntry(name, "", UNAVAILABLE, model.config_error or NO_VERSIONS))
             for version, record in sorted(model.versions.items()):
                 entries.append(IndexEntry(name, str(version), record.state.shown, record.reason))
         return entries

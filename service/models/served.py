@@ -4,6 +4,10 @@ Every request is checked before it is queued, so that a malformed one is answere
 instead of failing the batch it would have joined. The checks follow each input's role: an id
 input takes integers ``[-1]`` (a ``[-1, 1]`` column too) within its table's rows; a dense or
 multi-hot input takes finite floats ``[-1, width]``.
+
+A refusal names the input and the offending value as the client sent it (a UINT64 above the
+int64 range is that number, not what it wraps to), never the size of a table: that is the
+model's business, not the caller's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from service.runtime.conformance import signature_specs
 from service.runtime.session import KSERVE_TO_NUMPY
 
 Convert = Callable[[InputSpec, np.ndarray], np.ndarray]
+INT64_END = 2**63
+"""The first integer int64 cannot hold: the end of an id input's range when its table's size is
+not known (a UINT64 from here on would wrap to a negative row)."""
 
 
 class ServedVersion:
@@ -105,14 +112,19 @@ class ServedVersion:
                     f"inputs must have the same number of rows; '{spec.name}' has "
                     f"{value.shape[0]}, expected {n}"
                 )
-            if limit and n and (value.min() < 0 or value.max() >= limit):
-                at = int(np.flatnonzero((value < 0) | (value >= limit))[0])
-                raise InvalidInput(
-                    f"input '{spec.name}' value {int(value[at])} at index {at} is out of range "
-                    f"[0, {limit}) for model '{self.name}' version {self.version}"
-                )
-            feeds[spec.name] = value
+            feeds[spec.name] = self._in_range(spec, value, limit) if limit else value
         return feeds, n
+
+    def _in_range(self, spec: InputSpec, rows: np.ndarray, limit: int) -> np.ndarray:
+        """An id input's rows as int64, checked against ``[0, limit)`` before the conversion, so
+        that a refused value is reported as sent."""
+        if rows.size and (rows.min() < 0 or rows.max() >= limit):
+            at = int(np.flatnonzero((rows < 0) | (rows >= limit))[0])
+            raise InvalidInput(
+                f"input '{spec.name}' value {int(rows[at])} at index {at} is out of range "
+                f"for model '{self.name}' version {self.version}"
+            )
+        return rows if rows.dtype == np.int64 else rows.astype(np.int64)
 
     def vocabulary(self, spec: InputSpec) -> Vocabulary:
         """The vocabulary an id input of this version's signature is bound to."""
@@ -141,16 +153,17 @@ def _numpy_type(datatype: str) -> type[np.generic]:
 
 
 def _row_limit(spec: InputSpec) -> int:
-    """The rows of an id input's table (values must lie in ``[0, n_rows)``); 0: no range."""
-    return (spec.n_rows or 0) if spec.role is Role.ID else 0
+    """The end of an id input's range (values must lie in ``[0, n_rows)``); 0: not an id."""
+    if spec.role is not Role.ID:
+        return 0
+    return spec.n_rows or INT64_END
 
 
 def _as_rows(spec: InputSpec, value: np.ndarray) -> np.ndarray:
-    """An id input as int64 ``[-1]``; other integer types are converted, a column flattened."""
-    if value.dtype != np.int64:
-        if value.dtype.kind not in "iu":
-            _refuse_datatype(spec, value)
-        value = value.astype(np.int64)
+    """An id input as integers ``[-1]``, a column flattened; still in the type sent, converted
+    to int64 once its range is checked."""
+    if value.dtype.kind not in "iu":
+        _refuse_datatype(spec, value)
     if value.ndim != 1:
         if value.ndim == 2 and value.shape[1] == 1:
             return value.reshape(-1)

@@ -1,6 +1,7 @@
 """What the server knows of each model and each of its versions: one record per (model, version).
 
-A version's record holds its explicit state and the reason shown in the repository index, the copy
+A version's record holds its explicit state and the reason shown in the repository index (in full
+to the admin token only: a load failure's reason can name paths and library messages), the copy
 that takes its requests, and the facts the version policy needs: whether its directory is still
 on disk, which files its served copy was loaded from, which files failed to load (a failed
 version is retried only when they change), and how many retired copies are still draining.
@@ -159,7 +160,8 @@ class ModelRecord:
             record.state, record.reason = State.NOT_SERVED, self.config_error or POLICY_REASON
 
     def why_not_ready(self) -> str:
-        """Why the model has no version ready, as a suffix of an error message."""
+        """Why the model has no version ready, as a suffix of an error message for the admin
+        token's caller (an explicit load); callers of the model are told only "not ready"."""
         if self.unloaded:
             return ": unloaded"
         if self.config_error:

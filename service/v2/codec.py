@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, not_utf8
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
@@ -93,9 +93,14 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Parse an inference request body; raises :class:`InvalidInput` saying what is wrong."""
     json_end = len(body) if header_length is None else header_length
+    header = memoryview(body)[:json_end]
     try:
-        doc = orjson.loads(memoryview(body)[:json_end])
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
+        # orjson words a bad byte as a string problem; say which byte of the body it is.
+        not_text = not_utf8(header)
+        if not_text is not None:
+            raise InvalidInput(f"request body is {not_text}") from None
         raise InvalidInput(f"request header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request header must be a JSON object")
@@ -254,16 +259,32 @@ def _json_tensor(
     if count == 0:
         return _empty(name, shape, dtype)
     if array.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        if dtype.kind in "iu" and array.dtype.kind in "fO":
+            # Integers that no one NumPy type holds together (3 and 2**64 - 1; -1 and 2**64 - 1)
+            # are read as floats or objects: read them again, exactly, as the datatype.
+            objects = np.array(data, dtype=object).reshape(-1)
+            if all(type(value) is int for value in objects):
+                _check_range(name, datatype, dtype, objects)
+                return objects.astype(dtype).reshape(shape)
         raise InvalidInput(
             f"input '{name}': 'data' does not match datatype {datatype} "
             f"(found {_kind_name(array.dtype.kind)} values)"
         )
     if dtype.kind in "iu" and not np.can_cast(array.dtype, dtype):  # narrowing: check the range
-        info = np.iinfo(dtype)
-        low, high = int(array.min()), int(array.max())
-        if low < info.min or high > info.max:
-            raise InvalidInput(f"input '{name}': value out of range for datatype {datatype}")
+        _check_range(name, datatype, dtype, array.reshape(-1))
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _check_range(name: str, datatype: str, dtype: np.dtype[Any], flat: np.ndarray) -> None:
+    """Refuse the first value of ``flat`` (integers) that ``dtype`` cannot hold, as sent."""
+    info = np.iinfo(dtype)
+    outside = np.flatnonzero((flat < info.min) | (flat > info.max))
+    if outside.size:
+        at = int(outside[0])
+        raise InvalidInput(
+            f"input '{name}' value {int(flat[at])} at index {at} is out of range for datatype "
+            f"{datatype}"
+        )
 
 
 def _empty(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
