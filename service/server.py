@@ -224,6 +224,9 @@ class _Supervisor:
     def run(self) -> int:
         config = uvicorn_config(self.settings, "service.app:app_from_env")
         sock = config.bind_socket()
+        # Listen now: connections made while the workers start and load their models wait in the
+        # backlog until a worker accepts them, instead of being refused.
+        sock.listen(config.backlog)
         multiprocessing.allow_connection_pickling()
         os.environ.update(settings_to_env(self.settings))
         metrics_dir = multiprocess_metrics.create_shared_dir()  # before any worker starts

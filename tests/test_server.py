@@ -139,6 +139,20 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_requests_sent_while_workers_start_wait_instead_of_being_refused(tmp_path: Path) -> None:
+    publish_random_version(tmp_path / "repo", "recs", n_users=N_USERS, n_items=N_ITEMS)
+    server = start_server(tmp_path / "repo", tmp_path / "server.log", "--workers", "2")
+    try:
+        # The supervisor names its port before any worker has started: the request is sent now.
+        assert "Application startup complete" not in server.log()
+        response = httpx.get(f"{server.url}/v2/health/live", timeout=60)
+        assert response.status_code == 200, response.text
+    finally:
+        status = server.stop(60)
+    assert status == 0, server.log()
+
+
+@pytest.mark.slow
 def test_workers_serve_and_stop_with_status_0(tmp_path: Path) -> None:
     _, params = publish_random_version(tmp_path / "repo", "recs", n_users=N_USERS, n_items=N_ITEMS)
     server = start_server(
