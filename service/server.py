@@ -35,8 +35,8 @@ from pydantic import BaseModel, SecretStr
 from uvicorn.config import LOGGING_CONFIG
 
 from modelrepo.access import read_problem
+from service.http.edge import edge_protocol
 from service.http.lifecycle import Lifecycle
-from service.http.protocol import edge_protocol
 from service.http.state import STATE_KEY, AppState
 from service.metrics import multiprocess as multiprocess_metrics
 from service.metrics.families import Metrics

@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cores import usable_cores
-
-Provider = Literal["auto", "cuda", "cpu"]
+from service.runtime.provider import CUDA, Provider, choose_provider
 
 
 class BatchingSettings(BaseModel):
@@ -154,10 +153,7 @@ def default_workers(provider: Provider, cuda_device_id: int = 0) -> tuple[int, s
 
 
 def _gpu_chosen(cuda_device_id: int) -> bool:
-    """Whether provider ``auto`` runs on CUDA here. Imported late: the probe needs onnxruntime
-    and the runtime package depends on this module."""
-    from service.runtime.provider import CUDA, choose_provider
-
+    """Whether provider ``auto`` runs on CUDA here (the driver is asked once per process)."""
     return choose_provider("auto", cuda_device_id).provider == CUDA
 
 

@@ -147,6 +147,10 @@ def test_requests_sent_while_workers_start_wait_instead_of_being_refused(tmp_pat
         assert "Application startup complete" not in server.log()
         response = httpx.get(f"{server.url}/v2/health/live", timeout=60)
         assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 60  # both workers up before the stop, as in production
+        while server.log().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
     finally:
         status = server.stop(60)
     assert status == 0, server.log()

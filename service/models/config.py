@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from modelrepo import CONFIG_FILE
 from service.errors import ModelLoadError, describe_problems
-from service.settings import BatchingSettings, Provider, Settings
+from service.runtime.provider import Provider
+from service.settings import BatchingSettings, Settings
 
 DEFAULT_WARMUP_BATCH_SIZES = (1, 64, 1024)
 

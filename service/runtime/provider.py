@@ -10,11 +10,13 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import onnxruntime as ort
 
 from service.errors import ModelLoadError
-from service.settings import Provider
+
+Provider = Literal["auto", "cuda", "cpu"]  # what the settings may ask for
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
