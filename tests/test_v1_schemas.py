@@ -77,7 +77,16 @@ def test_the_schema_documents_ids_as_strings_or_integers_within_the_limit() -> N
             )
 
 
-@pytest.mark.parametrize("k", ["5", True, 5.0])
+@pytest.mark.parametrize("k", ["5", True, 5.5])
 def test_k_is_an_integer_as_the_schema_says(k: object) -> None:
     ((where, _),) = problems(RecommendRequest, {"user_id": "u", "k": k})
     assert where == ("k",)
+
+
+def test_integral_numbers_are_integers_as_json_schema_counts_them() -> None:
+    body = {"user_id": -7.0, "k": 5.0, "candidates": ["a", 3.0, 4], "exclude": [2.0]}
+    request = RecommendRequest.model_validate_json(json.dumps(body))
+    assert (request.user_id, request.k) == ("-7", 5)
+    assert (request.candidates, request.exclude) == (["a", "3", "4"], ["2"])
+    ((where, _),) = problems(ScoreRequest, {"user_id": 7.5, "item_ids": ["i"]})
+    assert where == ("user_id",)

@@ -35,8 +35,17 @@ RawId = Annotated[
 """A raw user or item id; an integer is accepted too and read as its decimal string."""
 
 
+def _is_integer(value: Any) -> bool:
+    """An integer as JSON Schema counts one: ``3`` and also ``3.0`` (not ``true``)."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def _is_str(value: Any) -> bool:
+    return type(value) is str
+
+
 def _id_to_str(value: Any) -> Any:
-    return str(value) if type(value) is int else value  # not bool: true is no id
+    return str(int(value)) if _is_integer(value) else value
 
 
 class _IdRequest(BaseModel):
@@ -56,10 +65,12 @@ class _IdRequest(BaseModel):
         converted: dict[str, Any] = {}
         for name in cls.ID_FIELDS:
             value = data.get(name)
-            if type(value) is int:
-                converted[name] = str(value)
-            elif type(value) is list and len(value) <= MAX_ITEMS and int in map(type, value):
+            if _is_integer(value):
+                converted[name] = _id_to_str(value)
+            elif type(value) is list and len(value) <= MAX_ITEMS and not all(map(_is_str, value)):
                 converted[name] = [_id_to_str(v) for v in value]  # longer lists are refused
+        if type(data.get("k")) is float and _is_integer(data["k"]):
+            converted["k"] = int(data["k"])  # 5.0 is the integer 5, as the schema counts
         return {**data, **converted} if converted else data
 
 
