@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from modelrepo import is_model_name
 from modelrepo.access import publish_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 from training.data import FORMATS, DataError, SyntheticSpec
+from training.exits import EXIT_FAILED, EXIT_OK, EXIT_PARITY, EXIT_USAGE, fail
 from training.models import ModelConfig, kind_names
 from training.pipeline import (
     SYNTHETIC_PRESETS,
@@ -33,7 +33,6 @@ from training.pipeline import (
 )
 from training.train import TrainConfig
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
 REPOSITORY_ENV = "RECSERVE_MODEL_REPOSITORY"  # the server's: both agree where a shell sets it
 DEFAULT_REPOSITORY = Path("model_repo")
 
@@ -215,17 +214,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc, EXIT_USAGE)
     problem = publish_problem(config.repository)
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(problem, EXIT_USAGE)
     try:
         result = run_pipeline(config)
     except tuple(_EXIT_CODES) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return next(code for kind, code in _EXIT_CODES.items() if isinstance(exc, kind))
+        return fail(exc, next(code for kind, code in _EXIT_CODES.items() if isinstance(exc, kind)))
     print(summary(result))
     return EXIT_OK
 

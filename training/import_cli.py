@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from modelrepo import (
     write_version,
 )
 from modelrepo.layout import ITEMS_FILE, MODEL_NAME_PATTERN, MODEL_NAME_RULE, USERS_FILE
+from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, fail
 from training.import_check import parity
 from training.onnx_import import (
     ImportFailure,
@@ -45,7 +45,6 @@ from training.onnx_import import (
     table_rows,
 )
 
-EXIT_OK, EXIT_USAGE, EXIT_PARITY = 0, 2, 3
 KIND = "imported"
 HELP = "Publish an ONNX model trained elsewhere as the next version of a model."
 _TWO_ID = two_id_signature(2, 2)  # the names and roles; the rows come from the ids
@@ -304,11 +303,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = import_model(args)
     except ImportFailure as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc, EXIT_USAGE)
     except ParityFailure as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_PARITY
+        return fail(exc, EXIT_PARITY)
     print(summary(result))
     return EXIT_OK
 
