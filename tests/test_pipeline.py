@@ -86,8 +86,17 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
     assert training["epochs_run"] == 2
     assert {"seed", "optimizer", "lr", "batch_size", "negatives"} <= set(training)
 
+    # Published: a refit on every interaction for the chosen epochs; the test figures are the
+    # evaluated model's (tests/test_refit.py shows the refit learned the hold-outs).
+    published = records["published_model"]
+    assert published["refit"] is True
+    assert published["trained_on"] == "all interactions"
+    assert published["interactions"] == 4000 - records["dataset"]["split"]["duplicates_removed"]
+    assert published["epochs"] == training["best_epoch"]
+
     history = json.loads((version / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert history["refit"]["epochs"] == published["epochs"] == len(history["refit"]["losses"])
     assert (version / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The published model scores an id by its line in users.txt / items.txt (row = line + 1).
@@ -101,7 +110,32 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
     assert second.published.version == 2
     # Same data and seed: the same weights, byte for byte.
     assert second.manifest.files["model.onnx"] == manifest.files["model.onnx"]
-    assert "published demo version 1" in summary(result)
+    report = summary(result)
+    assert "published demo version 1" in report
+    assert f"training curve: {version / 'training_curve.png'}" in report
+    assert "published model: trained on all interactions (4,000)" in report
+    assert "test figures describe the evaluated model (without the hold-outs)" in report
+
+
+def test_the_curve_is_titled_with_the_version_it_is_published_as(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[tuple[int, int, str]] = []
+    real_plot = pipeline_module.plot_history
+
+    def recording_plot(history: Any, **kwargs: Any) -> bytes | None:
+        drawn.append((kwargs["chosen"], kwargs["labels"].version, kwargs["labels"].title))
+        return real_plot(history, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "plot_history", recording_plot)
+    assert pipeline_module.next_version(tmp_path, "demo") == 1
+    first = run_pipeline(tiny_config(tmp_path), log=io.StringIO())
+    second = run_pipeline(tiny_config(tmp_path), log=io.StringIO())
+    best = first.manifest.records()["training"]["best_epoch"]
+    assert [(chosen, version) for chosen, version, _ in drawn] == [(best, 1), (best, 2)]
+    assert (first.published.version, second.published.version) == (1, 2)
+    assert drawn[1][2].startswith("demo version 2 · trained on synthetic(users=120")
+    assert pipeline_module.next_version(tmp_path, "demo") == 3
 
 
 def test_non_finite_figures_are_recorded_as_null(tmp_path: Path) -> None:

@@ -62,6 +62,22 @@ def test_split_partitions_the_deduplicated_interactions() -> None:
     assert counts.shape == (data.n_items,)
 
 
+def test_with_holdouts_trains_on_every_deduplicated_interaction() -> None:
+    rows = "a,i1,1\na,i2,2\na,i1,3\na,i3,4\nb,i2,1\nb,i3,2\nc,i4,1\n"
+    data = parse_csv("user_id,item_id,timestamp\n" + rows)
+    s = leave_one_out(data, seed=0, negatives=1)
+    everything = s.with_holdouts()
+    pairs = sorted(
+        zip(everything.train_users.tolist(), everything.train_items.tolist(), strict=True)
+    )
+    distinct = sorted(set(zip(data.users.tolist(), data.items.tolist(), strict=True)))
+    assert pairs == distinct  # a's repeated i1 once; both hold-outs of a and b's test included
+    assert len(everything.validation) == len(everything.test) == 0
+    assert (everything.n_users, everything.n_items) == (s.n_users, s.n_items)
+    assert (len(s.test), len(s.validation)) == (2, 1)
+    assert s.train_users.size == len(distinct) - 3  # the split itself is unchanged
+
+
 def test_split_is_deterministic_by_seed() -> None:
     data = synthetic(SyntheticSpec(users=60, items=150, interactions=2000, seed=0))
     a, b, c = (leave_one_out(data, seed=s) for s in (1, 1, 2))

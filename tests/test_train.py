@@ -102,7 +102,9 @@ def test_early_stopping_restores_the_best_epoch(
 
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
     config = TrainConfig(epochs=6, batch_size=1024, patience=2)
-    result = train(small_split, SMALL_MODEL, config, quiet=True)
+    best_so_far: list[int] = []
+    result = train(small_split, SMALL_MODEL, config, quiet=True, on_best=best_so_far.append)
+    assert best_so_far == [1, 2, 2, 2]  # after each epoch, what a refit beside it must keep
     assert result.stopped_early
     assert result.epochs_run == 4
     assert result.best_epoch == 2

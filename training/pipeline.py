@@ -1,12 +1,17 @@
 """One training run from data to a published version.
 
 load -> split -> train (early stopping on validation) -> evaluate on test against the popularity
-baseline -> export ONNX -> parity check with ONNX Runtime -> publish the next version through
-``modelrepo.write_version``. A parity error above the tolerance publishes nothing.
+baseline -> refit on all interactions for the chosen epochs (beside the training, see
+``training.refit``) -> export ONNX -> parity check with ONNX Runtime -> publish the next version
+through ``modelrepo.write_version``. A parity error above the tolerance publishes nothing.
+
+The test figures describe the evaluated model, trained without the hold-outs; the published model
+is the refit unless ``refit`` is off. The manifest's ``published_model`` record says which.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,11 +34,13 @@ from modelrepo import (
     Vocabulary,
     write_version,
 )
+from modelrepo.layout import list_versions
 from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
 from training.export import model_bytes, onnx_parity
 from training.models import ModelConfig
-from training.plot import plot_history
+from training.plot import CurveLabels, plot_history
+from training.refit import ConcurrentRefit, Refit
 from training.split import Split, leave_one_out
 from training.train import TrainConfig, TrainResult, scorer, train
 
@@ -70,6 +77,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parity_tolerance: float = 1e-5
     quiet: bool = False
+    refit: bool = True  # publish a model refit on all interactions, not the evaluated one
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class Evaluation:
 @dataclass(frozen=True)
 class PipelineResult:
     published: PublishedVersion
-    test: Evaluation
+    test: Evaluation  # of the evaluated model, trained without the hold-outs
     parity_error: float
 
     @property
@@ -131,16 +139,35 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
             f"popularity baseline: val HR@10 {pop_validation.hr:.4f} "
             f"NDCG@10 {pop_validation.ndcg:.4f}",
         )
-    result = train(split, config.model, config.train, quiet=config.quiet, log=stream)
-    test = Evaluation(
-        model=evaluate(scorer(result.model), split.test),
-        popularity=evaluate(popularity, split.test),
-    )
+    everything = split.with_holdouts()
+    with contextlib.ExitStack() as stack:
+        beside = (
+            stack.enter_context(ConcurrentRefit(everything, config.model, config.train))
+            if config.refit
+            else None
+        )
+        on_best = beside.best_so_far if beside is not None else None
+        result = train(
+            split, config.model, config.train, quiet=config.quiet, log=stream, on_best=on_best
+        )
+        test = Evaluation(
+            model=evaluate(scorer(result.model), split.test),
+            popularity=evaluate(popularity, split.test),
+        )
+        refit = beside.result(result.best_epoch) if beside is not None else None
+    published_model = refit.model if refit is not None else result.model
+    if refit is not None:
+        _say(
+            stream,
+            config.quiet,
+            f"refit on all {everything.train_users.size:,} interactions for {refit.epochs} "
+            f"epochs: final loss {refit.losses[-1]:.4f}",
+        )
 
-    signature = result.model.signature
-    graph = model_bytes(result.model.params, config.model.kind)
+    signature = published_model.signature
+    graph = model_bytes(published_model.params, config.model.kind)
     users, items = _parity_rows(split)
-    parity = onnx_parity(graph, result.model.predict, users, items, signature)
+    parity = onnx_parity(graph, published_model.predict, users, items, signature)
     if not parity <= config.parity_tolerance:
         raise ParityError(parity, config.parity_tolerance)
     manifest = build_manifest(
@@ -153,16 +180,56 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         signature=signature,
         parity=parity,
         seconds=time.perf_counter() - started,
+        published_model=published_record(split, result, refit),
     )
+    version = next_version(config.repository, config.model_name)
+    labels = CurveLabels(config.model_name, version, data.name)
     published = write_version(
         config.repository,
         config.model_name,
         manifest,
         graph,
         vocabularies(signature, data),
-        _extra_files(result, pop_validation, stream),
+        _extra_files(result, refit, pop_validation, labels, stream),
     )
+    if published.version != version:
+        stream.write(
+            f"warning: another run published version {version} meanwhile; this one is "
+            f"{published.version}, but its {CURVE_FILE} is titled version {version}\n"
+        )
     return PipelineResult(published, test, parity)
+
+
+def next_version(repository: Path, model_name: str) -> int:
+    """The number the next publication of ``model_name`` will claim, barring a concurrent one.
+
+    The curve is drawn before publication (a published directory is never written into), so its
+    title takes the number ``write_version`` claims: the first after the highest.
+    """
+    model_dir = repository / model_name
+    return max(list_versions(model_dir), default=0) + 1 if model_dir.is_dir() else 1
+
+
+def published_record(split: Split, result: TrainResult, refit: Refit | None) -> dict[str, Any]:
+    """What the published model was trained on, and which figures describe it."""
+    if refit is None:
+        return {
+            "trained_on": "training split (validation and test hold-outs excluded)",
+            "interactions": int(split.train_users.size),
+            "epochs": result.best_epoch,
+            "refit": False,
+            "test_metrics_describe": "this model",
+        }
+    return {
+        "trained_on": "all interactions",
+        "interactions": int(split.train_users.size + len(split.validation) + len(split.test)),
+        "epochs": refit.epochs,
+        "refit": True,
+        "test_metrics_describe": (
+            "the evaluated model (same seed and hyper-parameters, trained without the hold-outs, "
+            "which chose the epochs); the hold-outs cannot measure this one"
+        ),
+    }
 
 
 def vocabularies(signature: Signature, data: Interactions) -> dict[str, Vocabulary]:
@@ -176,13 +243,22 @@ def vocabularies(signature: Signature, data: Interactions) -> dict[str, Vocabula
 
 
 def _extra_files(
-    result: TrainResult, pop_validation: Metrics | None, stream: TextIO
+    result: TrainResult,
+    refit: Refit | None,
+    pop_validation: Metrics | None,
+    labels: CurveLabels,
+    stream: TextIO,
 ) -> dict[str, bytes]:
     """The training history and, where matplotlib is installed, the training curve."""
-    history = json.dumps(_finite(result.history_json()), indent=2) + "\n"
-    files = {HISTORY_FILE: history.encode("utf-8")}
+    history = result.history_json()
+    if refit is not None:
+        history["refit"] = {"epochs": refit.epochs, "losses": refit.losses}
+    text = json.dumps(_finite(history), indent=2) + "\n"
+    files = {HISTORY_FILE: text.encode("utf-8")}
     baseline = (pop_validation.hr, pop_validation.ndcg) if pop_validation else None
-    curve = plot_history(result.history, baseline=baseline, stream=stream)
+    curve = plot_history(
+        result.history, chosen=result.best_epoch, labels=labels, baseline=baseline, stream=stream
+    )
     if curve is not None:
         files[CURVE_FILE] = curve
     return files
@@ -230,6 +306,7 @@ def build_manifest(
     signature: Signature,
     parity: float,
     seconds: float,
+    published_model: dict[str, Any],
 ) -> Manifest:
     """The version's manifest: the kind and signature, and what the run records beside them."""
     model_config = dataclasses.asdict(config.model)
@@ -255,6 +332,7 @@ def build_manifest(
             },
             "validation": validation,
         },
+        "published_model": published_model,
         "parity_max_abs_error": parity,
         "training": {
             **dataclasses.asdict(config.train),
@@ -278,16 +356,25 @@ def summary(result: PipelineResult) -> str:
     model, pop = result.test.model, result.test.popularity
     k = model.k
     row = "  {:<14}{:.4f}  {:.4f}   {:.4f}  {:.4f}"
-    training = result.manifest.records()["training"]
+    records = result.manifest.records()
+    training, published = records["training"], records["published_model"]
+    evaluated = "published model"
+    if published["refit"]:
+        evaluated = "evaluated model (without the hold-outs)"
     lines = [
         f"published {result.published.model_name} version {result.published.version} "
         f"-> {result.published.path}",
         f"trained {training['epochs_run']} epochs in {training['train_seconds']:.1f}s "
         f"(best epoch {training['best_epoch']}); total {training['total_seconds']:.1f}s",
+        f"published model: trained on {published['trained_on']} "
+        f"({published['interactions']:,}) for {published['epochs']} epochs",
+        f"test figures describe the {evaluated}",
         f"test ({model.users:,} users)   HR@{k}   NDCG@{k}  AUC     log loss",
         row.format("model", model.hr, model.ndcg, model.auc, model.log_loss),
         row.format("popularity", pop.hr, pop.ndcg, pop.auc, pop.log_loss),
         f"  lift           {model.hr - pop.hr:+.4f} {model.ndcg - pop.ndcg:+.4f}",
         f"parity max |ONNX - NumPy| = {result.parity_error:.2e}",
     ]
+    if CURVE_FILE in result.manifest.files:
+        lines.append(f"training curve: {result.published.path / CURVE_FILE}")
     return "\n".join(lines)

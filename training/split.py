@@ -87,6 +87,27 @@ class Split:
         """Training interactions per item (the popularity baseline's scores)."""
         return np.bincount(self.train_items, minlength=self.n_items).astype(np.int64)
 
+    def with_holdouts(self) -> Split:
+        """Every interaction as a training positive (hold-outs included), nothing held out.
+
+        What the published model is refit on once the hold-outs have chosen the epoch.
+        """
+        empty = Candidates(
+            users=np.empty(0, np.int64), items=np.empty((0, self.test.items.shape[1]), np.int64)
+        )
+        return Split(
+            n_users=self.n_users,
+            n_items=self.n_items,
+            train_users=np.concatenate([self.train_users, self.validation.users, self.test.users]),
+            train_items=np.concatenate(
+                [self.train_items, self.validation.items[:, 0], self.test.items[:, 0]]
+            ),
+            validation=empty,
+            test=empty,
+            duplicates_removed=self.duplicates_removed,
+            users_not_evaluated=self.users_not_evaluated,
+        )
+
     def summary(self) -> dict[str, int]:
         return {
             "train_interactions": int(self.train_users.size),

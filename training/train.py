@@ -121,6 +121,57 @@ def _monitor(metrics: Metrics | None, loss: float) -> float:
     return metrics.ndcg if metrics is not None else -loss
 
 
+class EpochLoop:
+    """One model trained epoch by epoch on one split's training positives.
+
+    Early-stopped training and the refit on all interactions share it, so that a refit with the
+    same seed and hyper-parameters follows exactly the steps a training run would on that data.
+    """
+
+    def __init__(self, split: Split, model_config: ModelConfig, config: TrainConfig) -> None:
+        self.split = split
+        self.config = config
+        self.model = build_model(model_config, split.n_users + 1, split.n_items + 1, config.seed)
+        self.optimizer = _optimizer(self.model, config)
+        self.rng = np.random.default_rng([config.seed, 0x7A1])
+        self.sampler = NegativeSampler(
+            split.train_users, split.train_items, split.n_users, split.n_items
+        )
+
+    def run_epoch(self, epoch: int, *, quiet: bool, stream: TextIO) -> tuple[float, int, float]:
+        """Train one epoch; returns (mean loss, samples, seconds spent training)."""
+        config, model = self.config, self.model
+        t0 = time.perf_counter()
+        users, items, labels = epoch_samples(
+            self.split, self.sampler, self.rng, config.negatives, config.unknown_rate
+        )
+        bar = ProgressBar(
+            users.size, f"epoch {epoch}/{config.epochs}", stream=stream, enabled=not quiet
+        )
+        total_loss = 0.0
+        for start in range(0, users.size, config.batch_size):
+            stop = min(users.size, start + config.batch_size)
+            loss = train_step(
+                model,
+                self.optimizer,
+                users[start:stop],
+                items[start:stop],
+                labels[start:stop],
+                self.rng,
+            )
+            total_loss += loss * (stop - start)
+            bar.update(stop, total_loss / stop)
+        bar.close()
+        mean_loss = total_loss / max(1, users.size)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {mean_loss})")
+        return mean_loss, int(users.size), time.perf_counter() - t0
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """A copy of the weights."""
+        return {name: value.copy() for name, value in self.model.params.items()}
+
+
 def train(
     split: Split,
     model_config: ModelConfig,
@@ -128,10 +179,15 @@ def train(
     *,
     quiet: bool = False,
     log: TextIO | None = None,
+    on_best: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train a model on ``split``; keep the weights of the best validation epoch."""
+    """Train a model on ``split``; keep the weights of the best validation epoch.
+
+    ``on_best`` hears the best epoch so far after every epoch (a refit running beside this one
+    needs to keep only the weights of epochs that can still be chosen).
+    """
     with limit_blas_threads(config.threads or None):
-        return _train(split, model_config, config, quiet=quiet, log=log)
+        return _train(split, model_config, config, quiet=quiet, log=log, on_best=on_best)
 
 
 def _train(
@@ -141,69 +197,67 @@ def _train(
     *,
     quiet: bool,
     log: TextIO | None,
+    on_best: Callable[[int], None] | None,
 ) -> TrainResult:
     stream = log if log is not None else sys.stderr
-    model = build_model(model_config, split.n_users + 1, split.n_items + 1, config.seed)
-    optimizer = _optimizer(model, config)
-    rng = np.random.default_rng([config.seed, 0x7A1])
-    sampler = NegativeSampler(split.train_users, split.train_items, split.n_users, split.n_items)
+    loop = EpochLoop(split, model_config, config)
     validation: Candidates | None = split.validation if len(split.validation) else None
-    result = TrainResult(model=model)
+    result = TrainResult(model=loop.model)
     best_score = -math.inf
-    best_params = {name: value.copy() for name, value in model.params.items()}
+    best_params = loop.snapshot()
     waited = 0
     started = time.perf_counter()
 
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        users, items, labels = epoch_samples(
-            split, sampler, rng, config.negatives, config.unknown_rate
-        )
-        bar = ProgressBar(
-            users.size, f"epoch {epoch}/{config.epochs}", stream=stream, enabled=not quiet
-        )
-        total_loss = 0.0
-        for start in range(0, users.size, config.batch_size):
-            stop = min(users.size, start + config.batch_size)
-            loss = train_step(
-                model, optimizer, users[start:stop], items[start:stop], labels[start:stop], rng
-            )
-            total_loss += loss * (stop - start)
-            bar.update(stop, total_loss / stop)
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        mean_loss = total_loss / max(1, users.size)
-        metrics = evaluate(scorer(model), validation) if validation is not None else None
+        mean_loss, samples, train_seconds = loop.run_epoch(epoch, quiet=quiet, stream=stream)
+        metrics = evaluate(scorer(loop.model), validation) if validation is not None else None
         record = EpochRecord(
             epoch=epoch,
             loss=mean_loss,
             val_hr=metrics.hr if metrics else math.nan,
             val_ndcg=metrics.ndcg if metrics else math.nan,
-            samples=int(users.size),
+            samples=samples,
             seconds=time.perf_counter() - t0,
-            samples_per_s=users.size / train_seconds if train_seconds > 0 else 0.0,
+            samples_per_s=samples / train_seconds if train_seconds > 0 else 0.0,
         )
         result.history.append(record)
         if not quiet:
             stream.write(_epoch_line(record, config.epochs) + "\n")
             stream.flush()
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {mean_loss})")
         score = _monitor(metrics, mean_loss)
         if score > best_score:
             best_score, waited = score, 0
             result.best_epoch, result.best_validation = epoch, metrics
-            best_params = {name: value.copy() for name, value in model.params.items()}
+            best_params = loop.snapshot()
         else:
             waited += 1
-            if waited >= config.patience:
-                result.stopped_early = True
-                break
+        if on_best is not None:
+            on_best(result.best_epoch)
+        if waited and waited >= config.patience:
+            result.stopped_early = True
+            break
 
     for name, value in best_params.items():
-        model.params[name][...] = value
+        loop.model.params[name][...] = value
     result.seconds = time.perf_counter() - started
     return result
+
+
+def train_epochs(
+    split: Split, model_config: ModelConfig, config: TrainConfig, epochs: int
+) -> tuple[Model, list[float]]:
+    """A fresh model trained for exactly ``epochs`` epochs, without validation: the refit.
+
+    Returns the model and each epoch's mean loss.
+    """
+    with limit_blas_threads(config.threads or None):
+        loop = EpochLoop(split, model_config, config)
+        losses = [
+            loop.run_epoch(epoch, quiet=True, stream=sys.stderr)[0]
+            for epoch in range(1, epochs + 1)
+        ]
+    return loop.model, losses
 
 
 def _epoch_line(record: EpochRecord, epochs: int) -> str:
