@@ -1,7 +1,7 @@
 """The ``recserve`` command: serve, train, and list models.
 
 ``serve`` runs the server, ``train`` trains and publishes a model, ``models`` lists what a model
-repository or a running server holds.
+repository or a running server holds, ``evaluate`` scores published versions on a dataset.
 
 This module stands above serving and training, which stand side by side: ``serve`` takes its
 flags from :mod:`service.cli`, ``train`` from :mod:`training.cli`, imported only when asked for,
@@ -21,6 +21,7 @@ from service import cli as service_cli
 _SERVE_HELP = "Serve the model repository over HTTP (KServe V2 protocol)."
 _TRAIN_HELP = "Train a recommender, export it to ONNX and publish it as a new version."
 _MODELS_HELP = "List the models and versions of a repository or a server, with their metrics."
+_EVALUATE_HELP = "Evaluate published versions on a dataset with the protocol of training."
 
 
 def installed_version() -> str:
@@ -35,7 +36,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recserve", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"recserve {installed_version()}")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,train,models,import}"
+        dest="command", required=True, metavar="{serve,train,models,import,evaluate}"
     )
     serve = commands.add_parser("serve", help=_SERVE_HELP, description=_SERVE_HELP)
     service_cli.add_serve_arguments(serve)
@@ -56,6 +57,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         import_cli.add_arguments(imported)
     else:
         commands.add_parser("import", help=import_help, add_help=False)
+    if argv[:1] == ["evaluate"]:
+        from training import evaluate_cli
+
+        evaluate = commands.add_parser("evaluate", help=_EVALUATE_HELP, description=_EVALUATE_HELP)
+        evaluate_cli.add_arguments(evaluate)
+    else:
+        commands.add_parser("evaluate", help=_EVALUATE_HELP, add_help=False)
     return parser
 
 
@@ -73,4 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training import import_cli
 
         return import_cli.run(args)
+    if args.command == "evaluate":
+        from training import evaluate_cli
+
+        return evaluate_cli.run(args)
     return service_cli.run(parser, args)

@@ -83,13 +83,16 @@ def publish_random_version(
     id_prefix: str = "",
     dim: int = 8,
     tower: tuple[int, ...] = (16, 8),
+    **records: Any,
 ) -> tuple[PublishedVersion, dict[str, np.ndarray]]:
     """Publish a version with ids ``u0..``/``i0..`` (after ``id_prefix``), ``n_users`` and
-    ``n_items`` of them plus the unknown row 0; its cost per row is set by ``dim`` and ``tower``."""
+    ``n_items`` of them plus the unknown row 0; its cost per row is set by ``dim`` and ``tower``;
+    ``records`` go into the manifest."""
     params = random_params(n_users + 1, n_items + 1, dim=dim, tower=tower, seed=seed)
     user_ids = [f"{id_prefix}u{i}" for i in range(n_users)]
     item_ids = [f"{id_prefix}i{i}" for i in range(n_items)]
-    return publish_mlp_version(repository, model_name, params, user_ids, item_ids), params
+    published = publish_mlp_version(repository, model_name, params, user_ids, item_ids, **records)
+    return published, params
 
 
 def latest_ids(repository: Path, model_name: str) -> tuple[Path, list[str], list[str]]:

@@ -96,6 +96,7 @@ def test_flags_reach_the_configuration() -> None:
     assert (train.optimizer, train.lr, train.negatives, train.patience) == ("sgd", 0.1, 2, 1)
     assert (train.seed, train.unknown_rate) == (9, 0.05)
     assert config.repository == Path("model_repo").resolve()  # where serving will look for it
+    assert config.refit  # by default the published model is refit on all interactions
 
 
 def test_add_arguments_works_on_a_subcommand_parser() -> None:
@@ -126,6 +127,18 @@ def test_train_publishes_and_prints_a_summary(
     manifest = read_version(tmp_path / "demo" / "1").manifest
     assert manifest.kind == "mlp"
     assert manifest.records()["dataset"]["users"] == 100
+    assert manifest.records()["published_model"]["refit"] is True
+
+
+def test_no_refit_publishes_the_evaluated_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*TINY, "--model", "demo", "--repository", str(tmp_path), "--no-refit"]) == 0
+    assert "published model: trained on training split" in capsys.readouterr().out
+    records = read_version(tmp_path / "demo" / "1").manifest.records()
+    published = records["published_model"]
+    assert (published["refit"], published["test_metrics_describe"]) == (False, "this model")
+    assert published["interactions"] == records["dataset"]["split"]["train_interactions"]
 
 
 def test_kind_choices_are_the_registered_kinds() -> None:

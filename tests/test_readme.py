@@ -31,6 +31,14 @@ TOKEN = "readme-admin-token"
 DOCUMENTED_ADDRESS = "localhost:8000"
 # The README's examples use user u42 and items up to i311 of model "demo".
 N_USERS, N_ITEMS = 50, 400
+# What a trained version records, so that its V2 metadata has every parameter the README shows.
+_FIGURES = {"hr@10": 0.55, "ndcg@10": 0.33, "auc": 0.84}
+RECORDS: dict[str, Any] = {
+    "created_at": "2026-01-02T03:04:05Z",
+    "dataset": {"name": "synthetic", "size": 60_000},
+    "published_model": {"trained_on": "all interactions"},
+    "metrics": {"test": {"model": _FIGURES, "popularity": _FIGURES}},
+}
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
@@ -177,7 +185,7 @@ def test_the_example_parser_reads_commands_here_documents_and_sample_outputs() -
 def server(module_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     """A server of a random model "demo" with the README's ids, and an admin token."""
     repository = tmp_path_factory.mktemp("repo")
-    publish_random_version(repository, "demo", n_users=N_USERS, n_items=N_ITEMS)
+    publish_random_version(repository, "demo", n_users=N_USERS, n_items=N_ITEMS, **RECORDS)
     return module_servers.start(
         repository, env={"RECSERVE_ADMIN_TOKEN": TOKEN}, workers=1, poll_interval_s=0
     )

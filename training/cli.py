@@ -118,9 +118,9 @@ def default_repository() -> Path:
     return Path(os.environ.get(REPOSITORY_ENV) or DEFAULT_REPOSITORY)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` flags to ``parser``."""
-    m, t = DEFAULT_MODEL, DEFAULT_TRAIN
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the data flags (``--data``, ``--format``, ``--synthetic-*``) to ``parser``: ``train``
+    and ``evaluate`` take them alike, so that an evaluation reads the data a run trained on."""
     presets = ", ".join(SYNTHETIC_PRESETS)
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -139,6 +139,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--synthetic-seed", type=int, metavar="N", help="synthetic: generator seed")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` flags to ``parser``."""
+    m, t = DEFAULT_MODEL, DEFAULT_TRAIN
+    add_data_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--model", required=True, metavar="NAME", help="model name to publish")
     out.add_argument(
@@ -164,6 +169,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in _TRAIN_HELP.items():
         default = getattr(t, name)
         train.add_argument(_flag(name), type=type(default), default=default, help=help_text)
+    train.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="publish the evaluated model (trained without the hold-outs) instead of one refit "
+        "on all interactions for the chosen epochs",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -175,6 +187,22 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(
             f"model name {args.model!r} must match {MODEL_NAME_PATTERN.pattern} ({MODEL_NAME_RULE})"
         )
+    return PipelineConfig(
+        data=args.data,
+        model_name=args.model,
+        repository=(args.repository or default_repository()).resolve(),
+        data_format=args.format,
+        synthetic=synthetic_spec(args),
+        model=_from_args(ModelConfig, args),
+        train=_from_args(TrainConfig, args),
+        quiet=args.quiet,
+        refit=args.refit,
+    )
+
+
+def synthetic_spec(args: argparse.Namespace) -> SyntheticSpec | None:
+    """The synthetic set the data flags name (ValueError when the flags disagree), or None for a
+    file."""
     spec: SyntheticSpec | None = None
     overrides = {
         "users": args.synthetic_users,
@@ -192,16 +220,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             f"--synthetic-interactions must be at least the users ({spec.users:,}), "
             f"got {spec.interactions:,}"
         )
-    return PipelineConfig(
-        data=args.data,
-        model_name=args.model,
-        repository=(args.repository or default_repository()).resolve(),
-        data_format=args.format,
-        synthetic=spec,
-        model=_from_args(ModelConfig, args),
-        train=_from_args(TrainConfig, args),
-        quiet=args.quiet,
-    )
+    return spec
 
 
 def _from_args(cls: type[ConfigT], args: argparse.Namespace) -> ConfigT:

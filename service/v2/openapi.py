@@ -207,7 +207,7 @@ MODEL_STATS = OpenApi(
     refusals=_PER_MODEL,
 )
 MODEL_METADATA = OpenApi(
-    summary="The model's versions, inputs and outputs.",
+    summary="The model's versions, inputs and outputs, and the version's recorded metrics.",
     tags=MODELS,
     ok=json_content(
         {
@@ -219,6 +219,13 @@ MODEL_METADATA = OpenApi(
                 "platform": {"type": "string"},
                 "inputs": {"type": "array", "items": _TENSOR_METADATA},
                 "outputs": {"type": "array", "items": _TENSOR_METADATA},
+                "parameters": {
+                    "type": "object",
+                    "description": "The version's kind, created_at, dataset and the test figures "
+                    "its run recorded (hr@10, ndcg@10, auc, popularity_hr@10, ...); a key the "
+                    "version does not record is absent.",
+                    "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+                },
             },
         },
         "Model metadata.",

@@ -11,6 +11,8 @@ are read from its signature (:attr:`ServedVersion.inputs`, :attr:`ServedVersion.
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ from service.v2.codec import (
 )
 
 if TYPE_CHECKING:
+    from modelrepo import Manifest
     from service.models.served import ServedVersion
     from service.runtime.session import TensorSpec
 
@@ -104,6 +107,51 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
     return [spec.to_dict() for spec in specs]
 
 
+_TEST_FIGURES = re.compile(r"(hr|ndcg)@\d+|auc")
+
+
+def _figures(value: Any, prefix: str = "") -> dict[str, float]:
+    """The ranking figures of one metrics record (``hr@10``, ``ndcg@10``, ``auc``), finite ones."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        prefix + key: float(figure)
+        for key, figure in value.items()
+        if _TEST_FIGURES.fullmatch(key)
+        and isinstance(figure, int | float)
+        and not isinstance(figure, bool)
+        and math.isfinite(figure)
+    }
+
+
+def _text(record: Any, key: str) -> str | None:
+    value = record.get(key) if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def metadata_parameters(manifest: Manifest) -> dict[str, str | float]:
+    """What a dashboard or a deploy script compares versions by, flat: the kind, the creation
+    time, the dataset, what the published model was trained on (``trained_on``: a refit saw every
+    interaction, its figures are those of the model its run evaluated), and the test figures the
+    run recorded with the popularity baseline's on the same candidates (``popularity_hr@10``...).
+    A key the manifest does not record is left out: an imported version has no figures."""
+    records = manifest.records()
+    metrics = records.get("metrics")
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    test = test if isinstance(test, dict) else {}
+    described: dict[str, Any] = {
+        "kind": manifest.kind,
+        "created_at": manifest.created_at,
+        "dataset": _text(records.get("dataset"), "name"),
+        "trained_on": _text(records.get("published_model"), "trained_on"),
+    }
+    return {
+        **{key: value for key, value in described.items() if isinstance(value, str)},
+        **_figures(test.get("model")),
+        **_figures(test.get("popularity"), "popularity_"),
+    }
+
+
 # -- health and server ---------------------------------------------------------------------------
 
 
@@ -139,6 +187,7 @@ async def model_metadata(request: Request) -> Response:
             "platform": PLATFORM,
             "inputs": _tensor_metadata(served.inputs),
             "outputs": _tensor_metadata(served.outputs),
+            "parameters": metadata_parameters(served.manifest),
         }
     )
 
