@@ -22,7 +22,7 @@ from modelrepo import is_model_name
 from modelrepo.access import publish_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 from training.data import FORMATS, DataError, SyntheticSpec
-from training.exits import EXIT_FAILED, EXIT_OK, EXIT_PARITY, EXIT_USAGE, fail
+from training.exits import EXIT_FAILED, EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail
 from training.models import ModelConfig, kind_names
 from training.pipeline import (
     SYNTHETIC_PRESETS,
@@ -140,19 +140,28 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic-seed", type=int, metavar="N", help="synthetic: generator seed")
 
 
+def add_model_arguments(group: argparse._ArgumentGroup, model_help: str, note: str = "") -> None:
+    """``--model NAME`` and ``--repository DIR`` (default: the server's repository setting)."""
+    group.add_argument("--model", required=True, metavar="NAME", help=model_help)
+    group.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"model repository root (default: ${REPOSITORY_ENV}, else ./{DEFAULT_REPOSITORY})"
+        + note,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` flags to ``parser``."""
     m, t = DEFAULT_MODEL, DEFAULT_TRAIN
     add_data_arguments(parser)
     out = parser.add_argument_group("output")
-    out.add_argument("--model", required=True, metavar="NAME", help="model name to publish")
-    out.add_argument(
-        "--repository",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"model repository root (default: ${REPOSITORY_ENV}, else ./{DEFAULT_REPOSITORY}); "
-        "checked before training: a writable directory, or one that can be created",
+    add_model_arguments(
+        out,
+        "model name to publish",
+        "; checked before training: a writable directory, or one that can be created",
     )
 
     model = parser.add_argument_group("model")
@@ -254,12 +263,10 @@ _EXIT_CODES: dict[type[Exception], int] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recserve train",
-        description="Train a recommender, evaluate it, export it to ONNX and publish a version.",
-    )
-    add_arguments(parser)
-    return parser
+    return command_parser("recserve train", TRAIN_HELP, add_arguments)
+
+
+TRAIN_HELP = "Train a recommender, evaluate it, export it to ONNX and publish a version."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,10 +28,16 @@ import onnxruntime as ort
 from modelrepo import Source, StoredVersion, VersionError, is_model_name, read_version
 from modelrepo.access import read_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE, list_versions
-from training.cli import FLAG_RULES, add_data_arguments, default_repository, synthetic_spec
+from training.cli import (
+    FLAG_RULES,
+    add_data_arguments,
+    add_model_arguments,
+    default_repository,
+    synthetic_spec,
+)
 from training.data import Interactions, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
-from training.exits import EXIT_OK, EXIT_USAGE, fail
+from training.exits import EXIT_OK, EXIT_USAGE, command_parser, fail
 from training.pipeline import SYNTHETIC_PRESETS
 from training.split import Split, leave_one_out
 from training.train import TrainConfig
@@ -278,14 +284,7 @@ def _positive(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags to ``parser``."""
     which = parser.add_argument_group("version")
-    which.add_argument("--model", required=True, metavar="NAME", help="model name")
-    which.add_argument(
-        "--repository",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="model repository root (default: $RECSERVE_MODEL_REPOSITORY, else ./model_repo)",
-    )
+    add_model_arguments(which, "model name")
     which.add_argument("--version", type=_positive, metavar="N", help="version (default: latest)")
     which.add_argument(
         "--against", type=_positive, metavar="N", help="a second version, on the same candidates"
@@ -318,12 +317,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recserve evaluate",
-        description="Evaluate published versions on a dataset with the protocol of training.",
-    )
-    add_arguments(parser)
-    return parser
+    return command_parser("recserve evaluate", EVALUATE_HELP, add_arguments)
+
+
+EVALUATE_HELP = "Evaluate published versions on a dataset with the protocol of training."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from modelrepo import (
     write_version,
 )
 from modelrepo.layout import ITEMS_FILE, MODEL_NAME_PATTERN, MODEL_NAME_RULE, USERS_FILE
-from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, fail
+from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail
 from training.import_check import parity
 from training.onnx_import import (
     ImportFailure,
@@ -311,9 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recserve import", description=HELP)
-    add_arguments(parser)
-    return parser
+    return command_parser("recserve import", HELP, add_arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
