@@ -29,9 +29,6 @@ from service.runtime.conformance import signature_specs
 from service.runtime.session import KSERVE_TO_NUMPY
 
 Convert = Callable[[InputSpec, np.ndarray], np.ndarray]
-INT64_END = 2**63
-"""The first integer int64 cannot hold: the end of an id input's range when its table's size is
-not known (a UINT64 from here on would wrap to a negative row)."""
 
 
 class ServedVersion:
@@ -156,7 +153,8 @@ def _row_limit(spec: InputSpec) -> int:
     """The end of an id input's range (values must lie in ``[0, n_rows)``); 0: not an id."""
     if spec.role is not Role.ID:
         return 0
-    return spec.n_rows or INT64_END
+    assert spec.n_rows is not None  # the signature requires it of an id input
+    return spec.n_rows
 
 
 def _as_rows(spec: InputSpec, value: np.ndarray) -> np.ndarray:
