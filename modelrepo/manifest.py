@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from modelrepo.errors import VersionError
+from modelrepo.errors import VersionError, describe
 from modelrepo.layout import MANIFEST_FILE, MODEL_FILE, UNKNOWN_ROW
 from modelrepo.signature import Signature, two_id_signature
 
@@ -60,15 +60,7 @@ class Manifest(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise VersionError(f"{MANIFEST_FILE}: {_problems(exc)}") from None
-
-
-def _problems(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
-    return "; ".join(parts)
+            raise VersionError(f"{MANIFEST_FILE}: {describe(exc)}") from None
 
 
 _FORMAT_1_INPUTS = {"user": "INT64", "item": "INT64"}
@@ -96,11 +88,7 @@ def _upgrade_format_1(raw: dict[str, Any]) -> dict[str, Any]:
             raise VersionError(
                 f"{MANIFEST_FILE}: {key} {found} do not match the contract {contract}"
             )
-    upgraded = {
-        k: v
-        for k, v in raw.items()
-        if k not in _FORMAT_1_ONLY
-    }
+    upgraded = {k: v for k, v in raw.items() if k not in _FORMAT_1_ONLY}
     upgraded["format_version"] = FORMAT_VERSION
     upgraded.setdefault("kind", "unknown")
     signature = two_id_signature(rows["n_user_rows"], rows["n_item_rows"])

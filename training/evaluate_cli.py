@@ -37,7 +37,7 @@ from training.cli import (
 )
 from training.data import Interactions, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
-from training.exits import EXIT_OK, EXIT_USAGE, command_parser, fail
+from training.exits import EXIT_OK, EXIT_USAGE, command_parser, fail, positive_int
 from training.pipeline import SYNTHETIC_PRESETS
 from training.split import Split, leave_one_out
 from training.train import TrainConfig
@@ -271,27 +271,19 @@ def table(report: Report) -> str:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags to ``parser``."""
     which = parser.add_argument_group("version")
     add_model_arguments(which, "model name")
-    which.add_argument("--version", type=_positive, metavar="N", help="version (default: latest)")
     which.add_argument(
-        "--against", type=_positive, metavar="N", help="a second version, on the same candidates"
+        "--version", type=positive_int, metavar="N", help="version (default: latest)"
+    )
+    which.add_argument(
+        "--against", type=positive_int, metavar="N", help="a second version, on the same candidates"
     )
     add_data_arguments(parser)
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--k", type=_positive, default=10, help="cut-off of HR@K and NDCG@K")
+    protocol.add_argument("--k", type=positive_int, default=10, help="cut-off of HR@K and NDCG@K")
     protocol.add_argument(
         "--seed", type=int, default=None, help="split seed (default: the version's run's)"
     )

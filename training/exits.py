@@ -28,3 +28,14 @@ def command_parser(
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1, or a usage error naming what was given."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

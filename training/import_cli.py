@@ -33,8 +33,9 @@ from modelrepo import (
     two_id_signature,
     write_version,
 )
+from modelrepo.errors import describe
 from modelrepo.layout import ITEMS_FILE, MODEL_NAME_PATTERN, MODEL_NAME_RULE, USERS_FILE
-from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail
+from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail, positive_int
 from training.import_check import parity
 from training.onnx_import import (
     ImportFailure,
@@ -55,16 +56,6 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not name or not tensor:
         raise argparse.ArgumentTypeError(f"expected SIGNATURE_NAME=GRAPH_TENSOR, got {text!r}")
     return name, tensor
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--vocabulary", type=_pair, action="append", default=[], metavar="FILE_NAME=FILE",
         help="ids of another vocabulary a --signature names",
     )  # fmt: skip
-    ids.add_argument("--n-users", type=_positive, metavar="N", help="users without --users")
-    ids.add_argument("--n-items", type=_positive, metavar="N", help="items without --items")
+    ids.add_argument("--n-users", type=positive_int, metavar="N", help="users without --users")
+    ids.add_argument("--n-items", type=positive_int, metavar="N", help="items without --items")
     check = parser.add_argument_group("check")
     check.add_argument(
         "--tolerance", type=float, default=1e-5,
         help="largest |adapted - original| allowed on the sampled rows",
     )  # fmt: skip
-    check.add_argument("--sample-rows", type=_positive, default=256, metavar="N")
+    check.add_argument("--sample-rows", type=positive_int, default=256, metavar="N")
     check.add_argument("--seed", type=int, default=0, help="seed of the sampled rows")
 
 
@@ -207,10 +198,7 @@ def _signature_file(path: Path) -> Signature:
     try:
         return Signature.model_validate_json(_read_bytes(path))
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"])
-        message = f"{where}: {error['msg']}" if where else error["msg"]
-        raise ImportFailure(f"--signature {path}: {message}") from None
+        raise ImportFailure(f"--signature {path}: {describe(exc, most=1)}") from None
 
 
 def _read_ids(flag: str, path: Path) -> Vocabulary:
