@@ -171,8 +171,8 @@ SIDE = Signature(
             name="features", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 3)
         ),
         InputSpec(
-            name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="FP32",
-            shape=(-1, 4), n_rows=4,
+            name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="INT64",
+            shape=(-1, 4), n_rows=3,
         ),
     ),
     outputs=(OutputSpec(name="score", dtype="FP32", shape=(-1,)),),
@@ -182,7 +182,7 @@ SIDE = Signature(
 
 def test_a_wider_signature_is_checked_dimension_by_dimension() -> None:
     features = TensorSpec("features", "FP32", (-1, 3))
-    genres = TensorSpec("genres", "FP32", (-1, -1))  # a dynamic width fits any declared one
+    genres = TensorSpec("genres", "INT64", (-1, -1))  # a dynamic width fits any declared one
     check_graph(SIDE, [USER, features, genres], [SCORE, TensorSpec("extra", "FP32", (-1,))])
     narrow = TensorSpec("features", "FP32", (-1, 2))
     with pytest.raises(ModelLoadError, match=r"'features' has shape \[-1, 2\], expected \[-1, 3\]"):
@@ -193,10 +193,12 @@ def test_warmup_feeds_follow_the_signature() -> None:
     edge = feeds(SIDE, np.array([0, -1]))
     assert edge["user"].tolist() == [0, 6] and edge["user"].dtype == np.int64
     assert edge["features"].shape == (2, 3) and edge["genres"].shape == (2, 4)
-    assert edge["features"].dtype == np.float32 and not edge["genres"].any()
+    assert edge["features"].dtype == np.float32 and not edge["features"].any()
+    assert edge["genres"].dtype == np.int64 and edge["genres"].tolist() == [[0] * 4, [2] * 4]
     batch = feeds(SIDE, np.arange(10))
     assert batch["user"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]
     assert batch["features"].shape == (10, 3)
+    assert batch["genres"][:, 0].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
 
 
 def test_renamed_graph_input_fails_the_contract() -> None:

@@ -53,17 +53,30 @@ def test_signature_round_trips_through_json() -> None:
     signature = Signature(
         inputs=(
             _id_input("user", Source.USER, vocabulary=USERS_FILE),
-            InputSpec(name="age", role=Role.DENSE, source=Source.USER_TABLE, dtype="FP32",
-                      shape=(-1, 3), table="user_features.npy"),
-            InputSpec(name="genres", role=Role.MULTI_HOT, source=Source.ITEM_TABLE, dtype="FP32",
-                      shape=(-1, 19), n_rows=19, vocabulary="genres.txt", table="genres.npy"),
+            _id_input("item", Source.ITEM, vocabulary=ITEMS_FILE),
+            InputSpec(name="user_age", role=Role.DENSE, source=Source.USER_TABLE, dtype="FP32",
+                      shape=(-1, 3), table="user_features.npz", feature="age",
+                      mean=(30.0, 1.0, 0.0), std=(10.0, 1.0, 2.5)),
+            InputSpec(name="item_genres", role=Role.MULTI_HOT, source=Source.ITEM_TABLE,
+                      dtype="INT64", shape=(-1, 6), n_rows=19, vocabulary="genres.txt",
+                      table="item_features.npz", feature="genres"),
+            InputSpec(name="hour", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32",
+                      shape=(-1, 1)),
         ),
         outputs=(SCORE, OutputSpec(name="logit", dtype="FP32", shape=(-1,))),
         score="score",
     )  # fmt: skip
     assert Signature.model_validate_json(signature.model_dump_json()) == signature
-    assert [spec.width for spec in signature.inputs] == [1, 3, 19]
-    assert [spec.name for spec in signature.from_source(Source.ITEM_TABLE)] == ["genres"]
+    assert [spec.width for spec in signature.inputs] == [1, 1, 3, 6, 1]
+    assert [spec.name for spec in signature.from_source(Source.ITEM_TABLE)] == ["item_genres"]
+    assert [spec.caller for spec in signature.inputs] == ["never", "never", "may", "never", "must"]
+    # a feature input without a feature name is called by its input name
+    assert [spec.feature for spec in signature.inputs] == [None, None, "age", "genres", "hour"]
+    assert {name: [s.name for s in specs] for name, specs in signature.tables().items()} == {
+        "user_features.npz": ["user_age"],
+        "item_features.npz": ["item_genres"],
+    }
+    assert signature.table_rows(signature.input("user_age")) == 10  # the user id input's rows
 
 
 # (fields of an input, a phrase of the refusal)
@@ -74,13 +87,37 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
         "not INT64 [-1, 1]",
     ),
     "id without rows": ({"role": "id", "dtype": "INT64", "shape": [-1]}, "needs 'n_rows'"),
-    "multi-hot width is not its rows": (
+    "multi-hot as a float bag": (
         {"role": "multi_hot", "dtype": "FP32", "shape": [-1, 4], "n_rows": 5},
-        "is FP32 [-1, 5]",
+        "is INT64 [-1, 4]",
+    ),
+    "multi-hot without a length": (
+        {"role": "multi_hot", "dtype": "INT64", "shape": [-1], "n_rows": 5},
+        "is INT64 [-1, 1]",
     ),
     "multi-hot without rows": (
-        {"role": "multi_hot", "dtype": "FP32", "shape": [-1, 4]},
+        {"role": "multi_hot", "dtype": "INT64", "shape": [-1, 4]},
         "needs 'n_rows'",
+    ),
+    "statistics of an id": (
+        {"role": "id", "dtype": "INT64", "shape": [-1], "n_rows": 5, "mean": [0], "std": [1]},
+        "only a dense input",
+    ),
+    "mean without std": (
+        {"role": "dense", "dtype": "FP32", "shape": [-1, 1], "mean": [0.5]},
+        "go together",
+    ),
+    "statistics of the wrong width": (
+        {"role": "dense", "dtype": "FP32", "shape": [-1, 2], "mean": [0], "std": [1]},
+        "need 2 values each",
+    ),
+    "zero std": (
+        {"role": "dense", "dtype": "FP32", "shape": [-1, 1], "mean": [0], "std": [0]},
+        "'std' positive",
+    ),
+    "infinite mean": (
+        {"role": "dense", "dtype": "FP32", "shape": [-1, 1], "mean": ["inf"], "std": [1]},
+        "'mean' must be finite",
     ),
     "dense as INT64": ({"role": "dense", "dtype": "INT64", "shape": [-1, 4]}, "is FP32 [-1, 4]"),
     "dense without a width": ({"role": "dense", "dtype": "FP32", "shape": [-1]}, "[-1, 1]"),
@@ -115,7 +152,7 @@ def test_an_input_whose_role_dtype_and_shape_disagree_is_refused(case: str) -> N
 def test_dense_and_multi_hot_inputs_of_the_right_shape_are_accepted() -> None:
     dense = InputSpec(name="d", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 4))
     bag = InputSpec(
-        name="b", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="FP32", shape=(-1, 7), n_rows=7
+        name="b", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="INT64", shape=(-1, 7), n_rows=3
     )
     assert (dense.width, bag.width) == (4, 7)
 
@@ -136,6 +173,18 @@ BAD_SIGNATURES: dict[str, tuple[tuple[InputSpec, ...], tuple[OutputSpec, ...], s
         (SCORE,),
         "score",
         "all take the item; at most one may",
+    ),
+    "two context features of one name": (
+        (_id_input("a", feature="f"), _id_input("b", feature="f")),
+        (SCORE,),
+        "score",
+        "the context features",
+    ),
+    "a user table without a user input": (
+        (_id_input("a", Source.USER_TABLE, table="user_features.npz"),),
+        (SCORE,),
+        "score",
+        "need an input that takes the user id",
     ),
     "no inputs": ((), (SCORE,), "score", "inputs"),
     "no outputs": ((_id_input("a"),), (), "score", "outputs"),

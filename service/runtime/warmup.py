@@ -1,7 +1,7 @@
 """Warming a session up before it takes requests, with feeds built from the version's signature.
 
-An id input is fed table rows (row 0 is the unknown row, so it is always valid); a dense or
-multi-hot input is fed zeros of its width.
+An id input is fed table rows (row 0 is the unknown row, so it is always valid); a multi-hot
+input is fed the same rows of its vocabulary in every position; a dense input zeros of its width.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from service.runtime.session import Runtime, bucket_sizes
 
 def feeds(signature: Signature, rows: np.ndarray) -> dict[str, np.ndarray]:
     """A batch of ``len(rows)`` rows: ``rows`` modulo its table's rows for an id input (so ``-1``
-    is the last row), zeros of its width for any other input."""
-    return {
-        spec.name: (
-            rows.astype(np.int64) % (spec.n_rows or 1)
-            if spec.role is Role.ID
-            else np.zeros((len(rows), spec.width), dtype=np.float32)
-        )
-        for spec in signature.inputs
-    }
+    is the last row) and in every position of a bag, zeros of its width for a dense input."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        if spec.role is Role.DENSE:
+            feeds[spec.name] = np.zeros((len(rows), spec.width), dtype=np.float32)
+            continue
+        ids = rows.astype(np.int64) % (spec.n_rows or 1)
+        feeds[spec.name] = ids if spec.role is Role.ID else np.repeat(ids[:, None], spec.width, 1)
+    return feeds
 
 
 def warm_up(
