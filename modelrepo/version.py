@@ -20,11 +20,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from modelrepo.errors import VersionError
+from modelrepo.history import History, parse_history
 from modelrepo.layout import (
+    HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     MODEL_NAME_PATTERN,
@@ -34,6 +38,7 @@ from modelrepo.layout import (
 )
 from modelrepo.manifest import Manifest
 from modelrepo.signature import InputSpec
+from modelrepo.tables import Table, parse_table, table_bytes
 from modelrepo.vocabulary import Vocabulary
 
 _MAX_ATTEMPTS = 100
@@ -48,6 +53,10 @@ class StoredVersion:
     manifest: Manifest
     model: bytes
     vocabularies: Mapping[str, Vocabulary]  # by file name
+    tables: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    """Feature tables by file name, then by input name (see :mod:`modelrepo.tables`)."""
+    history: History | None = None
+    """The users' training histories (:mod:`modelrepo.history`); None where none is published."""
 
     def vocabulary(self, spec: InputSpec) -> Vocabulary:
         """The vocabulary an id (or multi-hot) input is bound to."""
@@ -113,8 +122,15 @@ def read_version(path: Path) -> StoredVersion:
                 f"{spec.vocabulary} has {len(vocabulary)} ids ({vocabulary.n_rows} rows with the "
                 f"unknown row) but input '{spec.name}' of the signature has {spec.n_rows} rows"
             )
+    tables = {
+        name: parse_table(_read_file(path, name, manifest), name, manifest.signature)
+        for name in manifest.signature.tables()
+    }
+    history = None
+    if HISTORY_FILE in manifest.files:  # optional: imported and older versions have none
+        history = parse_history(_read_file(path, HISTORY_FILE, manifest), manifest.signature)
     model = _read_file(path, MODEL_FILE, manifest)
-    return StoredVersion(path, manifest, model, vocabularies)
+    return StoredVersion(path, manifest, model, vocabularies, tables, history)
 
 
 def write_version(
@@ -124,12 +140,13 @@ def write_version(
     model: bytes,
     vocabularies: Mapping[str, Vocabulary],
     extra_files: Mapping[str, bytes] | None = None,
+    tables: Mapping[str, Table] | None = None,
 ) -> PublishedVersion:
     """Publish a new version of ``model_name`` atomically; returns its number and path.
 
-    ``vocabularies`` holds a vocabulary for every file the signature names; ``extra_files``
-    (training history, plots) travel with the version. The manifest is written with the sha256 of
-    every other file.
+    ``vocabularies`` holds a vocabulary for every file the signature names, ``tables`` every
+    feature table it names (checked against it); ``extra_files`` (training history, plots) travel
+    with the version. The manifest is written with the sha256 of every other file.
     """
     if not is_model_name(model_name):
         raise ValueError(
@@ -143,10 +160,16 @@ def write_version(
     files: dict[str, bytes] = {MODEL_FILE: model}
     for name, vocabulary in vocabularies.items():
         files[name] = vocabulary.to_text().encode("utf-8")
+    files.update(_table_files(manifest, tables or {}))
     for name, data in (extra_files or {}).items():
         if name in files or name == MANIFEST_FILE or "/" in name or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is taken or not a plain file name")
         files[name] = data
+    if HISTORY_FILE in files:  # checked as a reader will: a server would refuse the version
+        try:
+            parse_history(files[HISTORY_FILE], manifest.signature)
+        except VersionError as exc:
+            raise ValueError(str(exc)) from None
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     manifest = manifest.model_copy(update={"files": digests})
     files[MANIFEST_FILE] = manifest.to_json().encode("utf-8")
@@ -165,6 +188,20 @@ def write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _table_files(manifest: Manifest, tables: Mapping[str, Table]) -> dict[str, bytes]:
+    """The table files the signature names, serialised; each checked as a reader will."""
+    named = set(manifest.signature.tables())
+    if named != set(tables):
+        raise ValueError(f"the signature names the tables {sorted(named)}, given {sorted(tables)}")
+    files = {name: table_bytes(arrays) for name, arrays in tables.items()}
+    for name, data in files.items():
+        try:
+            parse_table(data, name, manifest.signature)
+        except VersionError as exc:
+            raise ValueError(str(exc)) from None
+    return files
 
 
 def _claim(staging: Path, model_dir: Path) -> int:

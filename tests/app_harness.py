@@ -16,7 +16,15 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from modelrepo import InputSpec, Manifest, Signature, Source, Vocabulary, two_id_signature
+from modelrepo import (
+    History,
+    InputSpec,
+    Manifest,
+    Signature,
+    Source,
+    Vocabulary,
+    two_id_signature,
+)
 from service.app import create_app
 from service.errors import ModelNotFound
 from service.http.fastpath import FastPath
@@ -59,6 +67,7 @@ class FakeVersion:
         self.version = version
         self.signature: Signature = two_id_signature(N_IDS + 1, N_IDS + 1)
         self.manifest = Manifest(kind="fake", signature=self.signature)
+        self.history: History | None = None
         self.inputs = (TensorSpec("user", "INT64", (-1,)), TensorSpec("item", "INT64", (-1,)))
         self.outputs = (TensorSpec("score", "FP32", (-1,)), TensorSpec("twice", "INT64", (-1,)))
         self.config = resolve(ModelConfig(), settings)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from modelrepo import Manifest, PublishedVersion, Source, Vocabulary, two_id_signature
-from modelrepo.layout import ITEMS_FILE, USERS_FILE, list_versions
+from modelrepo import History, Manifest, PublishedVersion, Source, Vocabulary, two_id_signature
+from modelrepo.layout import HISTORY_FILE, ITEMS_FILE, USERS_FILE, list_versions
 from modelrepo.version import read_version, write_version
 from training.export import model_bytes
 
@@ -61,16 +61,21 @@ def publish_mlp_version(
     params: dict[str, np.ndarray],
     user_ids: Sequence[str],
     item_ids: Sequence[str],
+    *,
+    history: History | None = None,
     **records: Any,
 ) -> PublishedVersion:
     """Publish an NCF-MLP version of ``params`` whose embedding row ``i + 1`` is id ``i`` of the
-    vocabulary (row 0: unknown); ``records`` (dataset, hyper-parameters...) go into the manifest."""
+    vocabulary (row 0: unknown), with the users' ``history`` if given; ``records`` (dataset,
+    hyper-parameters...) go into the manifest."""
     signature = two_id_signature(len(user_ids) + 1, len(item_ids) + 1)
     manifest = Manifest.model_validate(
         {"dataset": RANDOM_DATASET, **records, "kind": "mlp", "signature": signature}
     )
     vocabularies = {USERS_FILE: Vocabulary(user_ids), ITEMS_FILE: Vocabulary(item_ids)}
-    return write_version(repository, model_name, manifest, model_bytes(params, "mlp"), vocabularies)
+    extra_files = {HISTORY_FILE: history.to_bytes()} if history is not None else None
+    graph = model_bytes(params, "mlp")
+    return write_version(repository, model_name, manifest, graph, vocabularies, extra_files)
 
 
 def publish_random_version(

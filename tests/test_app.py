@@ -329,15 +329,9 @@ def two_ids_and(*extra: InputSpec, skip: int = 0) -> Signature:
     return Signature(inputs=(*base.inputs[skip:], *extra), outputs=base.outputs, score=base.score)
 
 
-HOUR = InputSpec(name="hour", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 1))
-GENRES = InputSpec(
-    name="genres",
-    role=Role.MULTI_HOT,
-    source=Source.ITEM_TABLE,
-    dtype="FP32",
-    shape=(-1, 4),
-    n_rows=4,
-    table="genres.npy",
+# A categorical context feature without a vocabulary: /v1 could not read a caller's values.
+DEVICE = InputSpec(
+    name="device", role=Role.ID, source=Source.CONTEXT, dtype="INT64", shape=(-1,), n_rows=3
 )
 
 
@@ -345,8 +339,7 @@ GENRES = InputSpec(
 @pytest.mark.parametrize(
     ("signature", "named"),
     [
-        (two_ids_and(HOUR), "input 'hour'"),
-        (two_ids_and(GENRES), "input 'genres'"),
+        (two_ids_and(DEVICE), "input 'device'"),
         (two_ids_and(skip=1), "no input for the request's user"),
     ],
 )

@@ -47,6 +47,7 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
     assert result.published.path == version
     assert sorted(p.name for p in version.iterdir()) == [
         "history.json",
+        "history.npz",
         "items.txt",
         "metadata.json",
         "model.onnx",

@@ -11,7 +11,9 @@ not refused, load and unload refuse a missing or wrong admin token.
 
 One allowance, for inference only: a tensor the schema accepts may still be refused with 400 for
 what no static schema can know (the served model's tensor names, shapes and id ranges, and the
-element count of a shape): the cases that reach a model are answered 400 naming the tensor.
+element count of a shape): the cases that reach a model are answered 400 naming the tensor. The
+same for the features of a recommendation request (``user_features``, ``context``): which the
+model takes, and of what kind, is its signature's; a refusal names the field and the feature.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _schema() -> Any:
             "checks": {"negative_data_rejection": refused},
             "operations": [
                 {
-                    "include-path-regex": "/infer$",
+                    "include-path-regex": "/(infer|recommend|score)$",
                     "checks": {"positive_data_acceptance": model_decides},
                 }
             ],

@@ -182,21 +182,24 @@ def test_unknown_ids_map_to_row_zero_and_are_counted(tmp_path: Path) -> None:
 
 # -- a signature beyond two ids: an id, a dense and a multi-hot input ----------------------------
 
-N_USERS, WIDTH, N_GENRES = 4, 3, 5
+N_USERS, WIDTH, N_GENRES, BAG = 4, 3, 5, 3
 
 
 def publish_side_feature_model(repository: Path) -> dict[str, np.ndarray]:
-    """score = user_bias[user] + features @ w_dense + genres @ w_genres, as a hand-built graph."""
+    """score = user_bias[user] + features @ w_dense + sum of w_genres over the bag (row 0, the
+    padding, weighs 0), as a hand-built graph."""
     rng = np.random.default_rng(7)
     weights = {
         "user_bias": rng.normal(size=(N_USERS + 1, 1)).astype(np.float32),
         "w_dense": rng.normal(size=(WIDTH, 1)).astype(np.float32),
         "w_genres": rng.normal(size=(N_GENRES, 1)).astype(np.float32),
     }
+    weights["w_genres"][0] = 0.0
     nodes = [
         helper.make_node("Gather", ["user_bias", "user"], ["u"]),
         helper.make_node("MatMul", ["features", "w_dense"], ["f"]),
-        helper.make_node("MatMul", ["genres", "w_genres"], ["g"]),
+        helper.make_node("Gather", ["w_genres", "genres"], ["g3"]),
+        helper.make_node("ReduceSum", ["g3", "axis"], ["g"], keepdims=0),
         helper.make_node("Add", ["u", "f"], ["uf"]),
         helper.make_node("Add", ["uf", "g"], ["total"]),
         helper.make_node("Squeeze", ["total", "axis"], ["score"]),
@@ -209,7 +212,7 @@ def publish_side_feature_model(repository: Path) -> dict[str, np.ndarray]:
         [
             helper.make_tensor_value_info("user", TensorProto.INT64, ["n"]),
             helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", WIDTH]),
-            helper.make_tensor_value_info("genres", TensorProto.FLOAT, ["n", N_GENRES]),
+            helper.make_tensor_value_info("genres", TensorProto.INT64, ["n", BAG]),
         ],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
         initializers,
@@ -227,8 +230,8 @@ def publish_side_feature_model(repository: Path) -> dict[str, np.ndarray]:
                 shape=(-1, WIDTH),
             ),
             InputSpec(
-                name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="FP32",
-                shape=(-1, N_GENRES), n_rows=N_GENRES,
+                name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="INT64",
+                shape=(-1, BAG), n_rows=N_GENRES, vocabulary="genres.txt",
             ),
         ),
         outputs=(OutputSpec(name="score", dtype="FP32", shape=(-1,)),),
@@ -239,7 +242,10 @@ def publish_side_feature_model(repository: Path) -> dict[str, np.ndarray]:
         "side",
         Manifest(kind="side-features", signature=signature),
         model.SerializeToString(),
-        {"users.txt": Vocabulary([f"u{i}" for i in range(N_USERS)])},
+        {
+            "users.txt": Vocabulary([f"u{i}" for i in range(N_USERS)]),
+            "genres.txt": Vocabulary([f"g{i}" for i in range(1, N_GENRES)]),
+        },
     )
     return weights
 
@@ -249,20 +255,20 @@ def test_dense_and_multi_hot_inputs_are_checked_against_the_signature(tmp_path: 
     rng = np.random.default_rng(0)
     users = np.array([0, 1, 4])
     features = rng.normal(size=(3, WIDTH)).astype(np.float32)
-    genres = (rng.random((3, N_GENRES)) < 0.5).astype(np.float64)  # converted to FP32
+    genres = np.array([[1, 4, 0], [0, 0, 0], [2, 2, 3]], dtype=np.int32)  # converted to INT64
 
     async def main() -> None:
         async with serving(tmp_path) as (reconciler, _):
             served = reconciler.registry.get("side")
             assert served.inputs[1:] == (
                 TensorSpec("features", "FP32", (-1, WIDTH)),
-                TensorSpec("genres", "FP32", (-1, N_GENRES)),
+                TensorSpec("genres", "INT64", (-1, BAG)),
             )
             out = await served.infer({"user": users, "features": features, "genres": genres})
             expected = (
                 weights["user_bias"][users, 0]
                 + (features @ weights["w_dense"])[:, 0]
-                + (genres.astype(np.float32) @ weights["w_genres"])[:, 0]
+                + weights["w_genres"][genres, 0].sum(axis=1)
             )
             np.testing.assert_allclose(out["score"], expected, rtol=1e-5, atol=1e-5)
 
@@ -273,6 +279,10 @@ def test_dense_and_multi_hot_inputs_are_checked_against_the_signature(tmp_path: 
                 ({**ok, "features": features[:, 0]}, r"'features' has shape \[3\]"),
                 ({**ok, "genres": genres[:2]}, r"same number of rows; 'genres' has 2"),
                 ({**ok, "genres": genres[:, None]}, r"'genres' has shape"),
+                ({**ok, "genres": genres[:, :2]}, r"'genres' has shape \[3, 2\]; expected"),
+                ({**ok, "genres": genres.astype(np.float32)}, r"'genres' has datatype float32"),
+                ({**ok, "genres": np.array([[1, 4, 0], [0, 5, 0], [2, 2, 3]])},
+                 r"^input 'genres' value 5 at index 1, 1 is out of range for model 'side'"),
                 ({**ok, "user": np.array([0, 1, 5])},
                  r"^input 'user' value 5 at index 2 is out of range for model 'side' version 1$"),
                 ({"user": users, "features": features}, r"missing \['genres'\]"),

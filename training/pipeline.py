@@ -27,6 +27,7 @@ import numpy as np
 
 from modelrepo import (
     UNKNOWN_ROW,
+    History,
     Manifest,
     PublishedVersion,
     Signature,
@@ -34,6 +35,7 @@ from modelrepo import (
     Vocabulary,
     write_version,
 )
+from modelrepo.layout import HISTORY_FILE as SEEN_FILE  # ours names the training log
 from modelrepo.layout import list_versions
 from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
@@ -184,13 +186,15 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
     )
     version = next_version(config.repository, config.model_name)
     labels = CurveLabels(config.model_name, version, data.name)
+    extra_files = _extra_files(result, refit, pop_validation, labels, stream)
+    extra_files[SEEN_FILE] = seen_history(everything if refit is not None else split).to_bytes()
     published = write_version(
         config.repository,
         config.model_name,
         manifest,
         graph,
         vocabularies(signature, data),
-        _extra_files(result, refit, pop_validation, labels, stream),
+        extra_files,
     )
     if published.version != version:
         stream.write(
@@ -230,6 +234,17 @@ def published_record(split: Split, result: TrainResult, refit: Refit | None) -> 
             "which chose the epochs); the hold-outs cannot measure this one"
         ),
     }
+
+
+def seen_history(trained_on: Split) -> History:
+    """The (user, item) pairs the published model was trained on, by embedding row: what the
+    server leaves out of a user's recommendations (``exclude_seen``)."""
+    return History.from_pairs(
+        trained_on.train_users + 1,
+        trained_on.train_items + 1,
+        trained_on.n_users + 1,
+        trained_on.n_items + 1,
+    )
 
 
 def vocabularies(signature: Signature, data: Interactions) -> dict[str, Vocabulary]:

@@ -2,8 +2,9 @@
 
 Every request is checked before it is queued, so that a malformed one is answered 400 alone
 instead of failing the batch it would have joined. The checks follow each input's role: an id
-input takes integers ``[-1]`` (a ``[-1, 1]`` column too) within its table's rows; a dense or
-multi-hot input takes finite floats ``[-1, width]``.
+input takes integers ``[-1]`` (a ``[-1, 1]`` column too) within its table's rows; a multi-hot
+input takes integers ``[-1, L]`` within its vocabulary's rows (0 pads); a dense input takes finite
+floats ``[-1, width]``.
 
 A refusal names the input and the offending value as the client sent it (a UINT64 above the
 int64 range is that number, not what it wraps to), never the size of a table: that is the
@@ -17,7 +18,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from modelrepo import InputSpec, Manifest, Role, Signature, Vocabulary
+from modelrepo import History, InputSpec, Manifest, Role, Signature, Vocabulary
 from service.batching.batcher import Batcher
 from service.errors import InvalidInput
 from service.metrics.batch import BatchMetrics
@@ -47,6 +48,9 @@ class ServedVersion:
         self.path = prepared.stored.path
         self.manifest: Manifest = prepared.stored.manifest
         self.signature: Signature = self.manifest.signature
+        self.history: History | None = prepared.stored.history  # what /v1 leaves out as seen
+        # Feature tables by file, then input name: where /v1 finds the user's and items' features.
+        self.tables: Mapping[str, Mapping[str, np.ndarray]] = prepared.stored.tables
         self.config = config
         self.provider = prepared.runtime.provider
         self.stats = VersionStats(name, str(version))
@@ -67,8 +71,7 @@ class ServedVersion:
         )
         self._names = frozenset(spec.name for spec in self.signature.inputs)
         self._checks: tuple[tuple[InputSpec, Convert, int], ...] = tuple(
-            (spec, _as_rows if spec.role is Role.ID else _as_features, _row_limit(spec))
-            for spec in self.signature.inputs
+            (spec, _CONVERT[spec.role], _row_limit(spec)) for spec in self.signature.inputs
         )
         self._empty = {
             spec.name: np.empty((0, *spec.shape[1:]), dtype=_numpy_type(spec.datatype))
@@ -113,12 +116,14 @@ class ServedVersion:
         return feeds, n
 
     def _in_range(self, spec: InputSpec, rows: np.ndarray, limit: int) -> np.ndarray:
-        """An id input's rows as int64, checked against ``[0, limit)`` before the conversion, so
-        that a refused value is reported as sent."""
+        """An id or bag input's rows as int64, checked against ``[0, limit)`` before the
+        conversion, so that a refused value is reported as sent."""
         if rows.size and (rows.min() < 0 or rows.max() >= limit):
-            at = int(np.flatnonzero((rows < 0) | (rows >= limit))[0])
+            flat = int(np.flatnonzero((rows < 0) | (rows >= limit))[0])
+            at = np.unravel_index(flat, rows.shape)
+            where = ", ".join(str(int(i)) for i in at)
             raise InvalidInput(
-                f"input '{spec.name}' value {int(rows[at])} at index {at} is out of range "
+                f"input '{spec.name}' value {int(rows[at])} at index {where} is out of range "
                 f"for model '{self.name}' version {self.version}"
             )
         return rows if rows.dtype == np.int64 else rows.astype(np.int64)
@@ -131,9 +136,13 @@ class ServedVersion:
         """Rows of raw ids for ``spec`` and the unknown ones (served from row 0; counted)."""
         rows, unknown = self._vocabularies[spec.name].rows(ids)
         if unknown:
-            labels = (self.name, str(self.version), spec.source.value)
-            self._metrics.unknown_ids.labels(*labels).inc(len(unknown))
+            self.count_unknown(spec.source.value, len(unknown))
         return rows, unknown
+
+    def count_unknown(self, kind: str, n: int) -> None:
+        """Count ``n`` values served from an unknown row: ``kind`` is ``user`` or ``item`` for
+        ids, ``<field>:<feature>`` for a feature value a ``/v1`` request sent."""
+        self._metrics.unknown_ids.labels(self.name, str(self.version), kind).inc(n)
 
     async def close(self, grace_s: float) -> None:
         """Finish queued requests (within ``grace_s``), then release the session."""
@@ -150,10 +159,10 @@ def _numpy_type(datatype: str) -> type[np.generic]:
 
 
 def _row_limit(spec: InputSpec) -> int:
-    """The end of an id input's range (values must lie in ``[0, n_rows)``); 0: not an id."""
-    if spec.role is not Role.ID:
+    """The end of an id or bag input's range (values in ``[0, n_rows)``); 0: a dense input."""
+    if spec.role is Role.DENSE:
         return 0
-    assert spec.n_rows is not None  # the signature requires it of an id input
+    assert spec.n_rows is not None  # the signature requires it of an id or multi-hot input
     return spec.n_rows
 
 
@@ -169,8 +178,17 @@ def _as_rows(spec: InputSpec, value: np.ndarray) -> np.ndarray:
     return value
 
 
+def _as_bags(spec: InputSpec, value: np.ndarray) -> np.ndarray:
+    """A multi-hot input as integers ``[-1, L]``, in the type sent (converted once in range)."""
+    if value.dtype.kind not in "iu":
+        _refuse_datatype(spec, value)
+    if value.ndim != 2 or value.shape[1] != spec.width:
+        _refuse_shape(spec, value)
+    return value
+
+
 def _as_features(spec: InputSpec, value: np.ndarray) -> np.ndarray:
-    """A dense or multi-hot input as float32 ``[-1, width]``; other float types are converted."""
+    """A dense input as float32 ``[-1, width]``; other float types are converted."""
     if value.dtype != np.float32:
         if value.dtype.kind != "f":
             _refuse_datatype(spec, value)
@@ -181,6 +199,13 @@ def _as_features(spec: InputSpec, value: np.ndarray) -> np.ndarray:
         at = int(np.flatnonzero(~np.isfinite(value).all(axis=1))[0])
         raise InvalidInput(f"input '{spec.name}' row {at} holds a value that is not finite")
     return value
+
+
+_CONVERT: dict[Role, Convert] = {
+    Role.ID: _as_rows,
+    Role.MULTI_HOT: _as_bags,
+    Role.DENSE: _as_features,
+}
 
 
 def _refuse_datatype(spec: InputSpec, value: np.ndarray) -> NoReturn:

@@ -2,8 +2,9 @@
 
 What ``/v1`` feeds a version is read from its signature (:class:`Feeding`): the input that takes
 the request's user, the input that takes the candidate item (ids through each input's vocabulary)
-and the output it ranks by. A model with an input whose value comes from elsewhere (a feature
-table, the request's context) is not served by ``/v1`` yet; V2 ``infer`` serves it.
+and the output it ranks by. A feature model's other inputs (feature tables, the request's
+``user_features`` and ``context``) are filled in by :mod:`service.v1.features`. A model without a
+user or an item input is not served by ``/v1``; V2 ``infer`` serves it.
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ import numpy as np
 
 from modelrepo import UNKNOWN_ROW, InputSpec, Source, Vocabulary
 from service.errors import InvalidInput
+from service.v1.feature_values import Encoded
+from service.v1.features import SideInputs, sent_values, side_feeds, side_inputs
 from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
 
 if TYPE_CHECKING:
     from service.models.served import ServedVersion
 
+_NO_ROWS = np.empty(0, dtype=np.int64)
 _SERVED_SOURCES = {Source.USER: "the request's user", Source.ITEM: "the candidate item"}
 _NOT_YET = "/v1 cannot serve it yet (V2 infer can)"
 
 
 class Catalog:
-    """A version's whole item catalog, computed once: rows, ids and each id's rank in sort order."""
+    """A version's whole item catalog, computed once: rows, ids, each id's rank in sort order and
+    a feature model's item-side input tensors over the whole catalog."""
 
-    def __init__(self, items: Vocabulary) -> None:
+    def __init__(self, items: Vocabulary, side: SideInputs | None = None) -> None:
         self.rows = items.catalog_rows()
         self.ids = np.array(items.ids, dtype=object)  # aligned with rows
         self.tie_rank = _sort_rank(self.ids)
+        self.features = {} if side is None else side.items(self.rows)  # aligned with rows
 
 
 def _sort_rank(ids: np.ndarray) -> np.ndarray:
@@ -49,12 +55,6 @@ class Feeding:
     def __init__(self, version: ServedVersion) -> None:
         signature = version.signature
         where = f"model '{version.name}' version {version.version}"
-        for spec in signature.inputs:
-            if spec.source not in _SERVED_SOURCES:
-                raise InvalidInput(
-                    f"input '{spec.name}' of {where} takes its value from the {spec.source}; "
-                    + _NOT_YET
-                )
         user, item = signature.one_from(Source.USER), signature.one_from(Source.ITEM)
         if user is None or item is None:
             missing = _SERVED_SOURCES[Source.USER if user is None else Source.ITEM]
@@ -63,14 +63,32 @@ class Feeding:
         self.item: InputSpec = item
         self.score = signature.score
         self.items = version.vocabulary(self.item)  # never the version: the cache holds this
+        self.side = side_inputs(version, where)  # None: the two ids only
+        self.where = where
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.items)
+        return Catalog(self.items, self.side)
 
-    def feeds(self, user_row: np.int64, item_rows: np.ndarray) -> dict[str, np.ndarray]:
-        """One user against many items: the user's row repeated beside each item's row."""
-        return {self.user.name: np.full(item_rows.shape, user_row), self.item.name: item_rows}
+    def sent(
+        self, version: ServedVersion, request: RecommendRequest | ScoreRequest
+    ) -> Encoded | None:
+        """The request's ``user_features`` and ``context``, checked before anything is queued."""
+        return sent_values(self.side, version, request.user_features, request.context, self.where)
+
+    def feeds(
+        self,
+        user_row: np.int64,
+        item_rows: np.ndarray,
+        sent: Encoded | None = None,
+        items: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One user against many items: the user's row repeated beside each item's row, and a
+        feature model's side inputs (``items``: the item-side ones, already gathered)."""
+        feeds = {self.user.name: np.full(item_rows.shape, user_row), self.item.name: item_rows}
+        if self.side is not None:
+            feeds.update(side_feeds(self.side, int(user_row), item_rows, sent, items))
+        return feeds
 
 
 _feedings: weakref.WeakKeyDictionary[ServedVersion, Feeding] = weakref.WeakKeyDictionary()
@@ -95,34 +113,60 @@ class Recommendation:
 async def recommend(version: ServedVersion, request: RecommendRequest) -> Recommendation:
     """Top-k items for one user over the candidates (default: the whole catalog), best first."""
     feeding = feeding_of(version)
+    sent = feeding.sent(version, request)
     user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
     unknown_items: list[str] = []
     tie_rank: np.ndarray | None = None  # for the catalog, computed once; for candidates, no need
+    items: dict[str, np.ndarray] | None = None  # the catalog's item-side features, built once
     if request.candidates is None:
         catalog = feeding.catalog
-        rows, ids, tie_rank = catalog.rows, catalog.ids, catalog.tie_rank
+        rows, ids, tie_rank, items = catalog.rows, catalog.ids, catalog.tie_rank, catalog.features
     else:
         candidate_ids = list(dict.fromkeys(request.candidates))  # first occurrence wins
         rows, unknown_items = version.rows(feeding.item, candidate_ids)
         ids = np.array(candidate_ids, dtype=object)
-    if request.exclude:
-        excluded_rows, _ = feeding.items.rows(request.exclude)  # not counted as unknown ids
-        excluded_rows = excluded_rows[excluded_rows != UNKNOWN_ROW]  # unknown ones are ignored
-        if excluded_rows.size:
-            keep = ~np.isin(rows, excluded_rows)
-            rows, ids = rows[keep], ids[keep]
-            tie_rank = None if tie_rank is None else tie_rank[keep]
+    kept: np.ndarray | None = None  # positions in ``ids`` of the rows left; None: all of them
+    left_out = _left_out(version, feeding, request, int(user_rows[0]))
+    if left_out.size:
+        kept = _surviving(rows, left_out, feeding.items.n_rows)
+        rows = rows[kept]  # ``ids`` stays whole: a million-item object array is slow to copy
+        tie_rank = None if tie_rank is None else tie_rank[kept]
+        items = None  # gathered for the rows left
     if rows.size == 0:
         return Recommendation([], [], bool(unknown_users), unknown_items)
-    outputs = await version.infer(feeding.feeds(user_rows[0], rows))
+    outputs = await version.infer(feeding.feeds(user_rows[0], rows, sent, items))
     scores = outputs[feeding.score]
     if tie_rank is None:
-        best = top_k_by_id(scores, ids, request.k)
+        best = top_k_by_id(scores, ids if kept is None else ids[kept], request.k)
     else:
         best = top_k(scores, tie_rank, request.k)
+    picked = best if kept is None else kept[best]
     return Recommendation(
-        ids[best].tolist(), scores[best].tolist(), bool(unknown_users), unknown_items
+        ids[picked].tolist(), scores[best].tolist(), bool(unknown_users), unknown_items
     )
+
+
+def _left_out(
+    version: ServedVersion, feeding: Feeding, request: RecommendRequest, user_row: int
+) -> np.ndarray:
+    """Item rows never returned: the caller's ``exclude`` (unknown ids ignored, not counted) and,
+    unless ``exclude_seen`` is off, the user's training history (the unknown user has none)."""
+    rows = _NO_ROWS
+    if request.exclude:
+        rows, _ = feeding.items.rows(request.exclude)
+        rows = rows[rows != UNKNOWN_ROW]  # row 0 would drop unknown candidates
+    history = version.history if request.exclude_seen else None
+    if history is not None:
+        rows = np.concatenate([rows, history.items_of(user_row)])
+    return rows
+
+
+def _surviving(rows: np.ndarray, left_out: np.ndarray, n_rows: int) -> np.ndarray:
+    """Positions of ``rows`` not in ``left_out``, through a table over every item row: one pass
+    over the rows and no sort (the mask costs a fifth of ``np.isin``'s at a million items)."""
+    dropped = np.zeros(n_rows, dtype=bool)
+    dropped[left_out] = True
+    return np.flatnonzero(~dropped[rows])
 
 
 async def score(
@@ -130,7 +174,8 @@ async def score(
 ) -> tuple[list[float], bool, list[str]]:
     """One score per requested item, in request order; plus which ids were unknown."""
     feeding = feeding_of(version)
+    sent = feeding.sent(version, request)
     user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
     rows, unknown_items = version.rows(feeding.item, request.item_ids)
-    outputs = await version.infer(feeding.feeds(user_rows[0], rows))
+    outputs = await version.infer(feeding.feeds(user_rows[0], rows, sent))
     return outputs[feeding.score].tolist(), bool(unknown_users), unknown_items

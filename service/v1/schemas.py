@@ -35,6 +35,50 @@ RawId = Annotated[
 """A raw user or item id; an integer is accepted too and read as its decimal string."""
 
 
+# A feature value as the schema says it; what each feature takes is the model's signature's.
+_FEATURE_VALUE = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "number"},
+        {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "number"}]}},
+    ]
+}
+
+
+def _features_schema(description: str, example: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": _FEATURE_VALUE},
+                {"type": "null"},
+            ],
+            "default": None,
+            "description": description,
+            "examples": [example],
+        }
+    )
+
+
+UserFeatures = Annotated[
+    dict[str, Any] | None,
+    _features_schema(
+        "A feature model's user features, by name: for a user the version does not know, or to "
+        "override its stored ones. A categorical feature takes a string (or an integer), a "
+        "multi-hot one a list of strings, a numeric one a number (a list for several columns). "
+        "The model's signature says which it takes; any other is refused.",
+        {"age": 31, "occupation": "engineer"},
+    ),
+]
+Context = Annotated[
+    dict[str, Any] | None,
+    _features_schema(
+        "A feature model's request-time features, by name (values as in `user_features`): every "
+        "context feature its signature declares, and no other.",
+        {"device": "mobile", "hour": 21},
+    ),
+]
+
+
 def _is_integer(value: Any) -> bool:
     """An integer as JSON Schema counts one: ``3`` and also ``3.0`` (not ``true``)."""
     return type(value) is int or (type(value) is float and value.is_integer())
@@ -87,8 +131,19 @@ class RecommendRequest(_IdRequest):
     exclude: list[RawId] | None = Field(
         None,
         max_length=MAX_ITEMS,
-        description="Items never returned (e.g. already seen); unknown ids are ignored.",
+        description="Items never returned (on top of `exclude_seen`); unknown ids are ignored.",
     )
+    exclude_seen: bool = Field(
+        True,
+        strict=True,
+        description=(
+            "Leave out the items the user interacted with in the data the version was trained on "
+            "(published with it); `exclude` applies on top. False returns them too. Versions "
+            "without a published history (imported models) and unknown users have none."
+        ),
+    )
+    user_features: UserFeatures = None
+    context: Context = None
 
     model_config = ConfigDict(
         extra="forbid",
@@ -103,6 +158,8 @@ class ScoreRequest(_IdRequest):
     item_ids: list[RawId] = Field(
         min_length=1, max_length=MAX_ITEMS, description="Items to score, in the order given."
     )
+    user_features: UserFeatures = None
+    context: Context = None
 
     model_config = ConfigDict(
         extra="forbid",

@@ -103,6 +103,20 @@ _TENSOR_METADATA = {
     "required": ["name", "datatype", "shape"],
     "properties": _TENSOR_FIELDS,
 }
+_INPUT_METADATA = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        **_TENSOR_FIELDS,
+        "parameters": {
+            "type": "object",
+            "description": "A feature input only: its role (id, multi_hot, dense), where /v1 "
+            "takes it from (source, feature, caller) and, for a standardised number, the mean "
+            "and std of each column, comma-separated.",
+            "additionalProperties": {"type": "string"},
+        },
+    },
+}
 _OUTPUT_TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
@@ -217,7 +231,7 @@ MODEL_METADATA = OpenApi(
                 "name": {"type": "string"},
                 "versions": {"type": "array", "items": {"type": "string"}},
                 "platform": {"type": "string"},
-                "inputs": {"type": "array", "items": _TENSOR_METADATA},
+                "inputs": {"type": "array", "items": _INPUT_METADATA},
                 "outputs": {"type": "array", "items": _TENSOR_METADATA},
                 "parameters": {
                     "type": "object",

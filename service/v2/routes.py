@@ -37,7 +37,7 @@ from service.v2.codec import (
 )
 
 if TYPE_CHECKING:
-    from modelrepo import Manifest
+    from modelrepo import Manifest, Signature
     from service.models.served import ServedVersion
     from service.runtime.session import TensorSpec
 
@@ -99,12 +99,50 @@ def triton_config(served: ServedVersion) -> dict[str, Any]:
             "queue_capacity_rows": {"string_value": str(batching.queue_capacity_rows)},
             "execution_provider": {"string_value": served.provider},
             "intra_op_threads": {"string_value": str(config.intra_op_threads)},
+            **{
+                f"input.{name}.{key}": {"string_value": value}
+                for name, described in feature_parameters(served.signature).items()
+                for key, value in described.items()
+            },
         },
     }
 
 
 def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
     return [spec.to_dict() for spec in specs]
+
+
+def _input_metadata(served: ServedVersion) -> list[dict[str, Any]]:
+    """The input tensors; a feature input's also carries ``parameters`` (see
+    :func:`feature_parameters`). The two id inputs stay as Triton describes them."""
+    described = feature_parameters(served.signature)
+    return [
+        {**spec.to_dict(), "parameters": described[spec.name]}
+        if spec.name in described
+        else spec.to_dict()
+        for spec in served.inputs
+    ]
+
+
+def feature_parameters(signature: Signature) -> dict[str, dict[str, str]]:
+    """What a V2 caller needs to build each feature input's tensor, by input name: its ``role``
+    (``id``, ``multi_hot``: rows of its vocabulary, 0 = unknown or padding; ``dense``:
+    standardised numbers), where ``/v1`` takes it from (``source``, ``feature``, ``caller``) and,
+    for a standardised one, the ``mean`` and ``std`` of each column (comma-separated)."""
+    described: dict[str, dict[str, str]] = {}
+    for spec in signature.inputs:
+        if spec.feature is None:
+            continue
+        described[spec.name] = {
+            "role": spec.role.value,
+            "source": spec.source.value,
+            "feature": spec.feature,
+            "caller": spec.caller,
+        }
+        if spec.mean is not None and spec.std is not None:
+            described[spec.name]["mean"] = ",".join(map(repr, spec.mean))
+            described[spec.name]["std"] = ",".join(map(repr, spec.std))
+    return described
 
 
 _TEST_FIGURES = re.compile(r"(hr|ndcg)@\d+|auc")
@@ -185,7 +223,7 @@ async def model_metadata(request: Request) -> Response:
             "name": served.name,
             "versions": [str(v) for v in versions],
             "platform": PLATFORM,
-            "inputs": _tensor_metadata(served.inputs),
+            "inputs": _input_metadata(served),
             "outputs": _tensor_metadata(served.outputs),
             "parameters": metadata_parameters(served.manifest),
         }
