@@ -106,16 +106,27 @@ def shifted_id_model() -> Graph:
     return g
 
 
-def feature_model() -> Graph:
-    """A user id, two dense features and a bag of 4 genres (the exporter knows no unknown genre)."""
+def feature_model(rows: int | None = None, rows_type: int = TensorProto.INT64) -> Graph:
+    """A user id, two dense features and a bag of 4 genres. As most exporters write it, the bag is
+    one float weight per genre ``[n, 4]`` (the exporter knows no unknown genre), summed over the
+    genre table; with ``rows``, the graph takes up to ``rows`` genre rows ``[n, rows]`` as the
+    contract does (0 = padding, genre ``g`` = row ``g + 1``) and sums their rows of a table whose
+    row 0 is zero."""
     rng = np.random.default_rng(3)
     g = Graph()
     user = g.node("Gather", [g.table("U", rng.normal(size=(5, 2)).astype(np.float32)),
                              g.take("uid", TensorProto.INT64, ["n"])], "eu")  # fmt: skip
     dense = g.take("age", TensorProto.FLOAT, ["n", 2])
-    genres = g.take("genres", TensorProto.FLOAT, ["n", 4])
-    genre_table = g.table("G", rng.normal(size=(4, 2)).astype(np.float32))
-    bag = g.node("MatMul", [genres, genre_table], "bag")
+    genre_rows = rng.normal(size=(4, 2)).astype(np.float32)
+    if rows is None:
+        genres = g.take("genres", TensorProto.FLOAT, ["n", 4])
+        bag = g.node("MatMul", [genres, g.table("G", genre_rows)], "bag")
+    else:
+        genres = g.take("genres", rows_type, ["n", rows])
+        padded = np.concatenate([np.zeros((1, 2), np.float32), genre_rows])
+        gathered = g.node("Gather", [g.table("G", padded), genres], "genre_rows")
+        summed = [gathered, g.table("bag_axis", np.array([1], np.int64))]
+        bag = g.node("ReduceSum", summed, "bag", keepdims=0)
     total = g.node("Sum", [user, bag, dense], "total")
     g.node("ReduceSum", [total, g.table("axes", np.array([1], np.int64))], "out", keepdims=1)
     g.give("out", ["n", 1])
@@ -127,8 +138,8 @@ FEATURE_SIGNATURE = Signature(
         InputSpec(name="user", role=Role.ID, source=Source.USER, dtype="INT64", shape=(-1,),
                   n_rows=6, vocabulary="users.txt"),
         InputSpec(name="age", role=Role.DENSE, source=Source.CONTEXT, dtype="FP32", shape=(-1, 2)),
-        InputSpec(name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="FP32",
-                  shape=(-1, 5), n_rows=5, vocabulary="genres.txt"),
+        InputSpec(name="genres", role=Role.MULTI_HOT, source=Source.CONTEXT, dtype="INT64",
+                  shape=(-1, 3), n_rows=5, vocabulary="genres.txt"),
     ),
     outputs=(OutputSpec(name="score", dtype="FP32", shape=(-1,)),),
     score="score",
@@ -141,3 +152,12 @@ def run(model: bytes | onnx.ModelProto, feeds: dict[str, np.ndarray], output: st
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     (result,) = session.run([output], feeds)
     return np.asarray(result)
+
+
+def changed(signature: Signature, name: str, **fields: Any) -> Signature:
+    """``signature`` with ``fields`` of input ``name`` changed, validated again."""
+    raw = signature.model_dump(mode="json")
+    for spec in raw["inputs"]:
+        if spec["name"] == name:
+            spec.update(fields)
+    return Signature.model_validate(raw)

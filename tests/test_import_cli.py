@@ -7,7 +7,6 @@ clear one-line error (exit 2) for every file or mapping that cannot be served.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,18 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from modelrepo import read_version
+from modelrepo import Signature, read_version
 from recserve.cli import main
-from tests.import_graphs import FEATURE_SIGNATURE, dot_model, feature_model, shifted_id_model
+from tests.import_graphs import (
+    FEATURE_SIGNATURE,
+    changed,
+    dot_model,
+    feature_model,
+    run,
+    shifted_id_model,
+)
 from tests.server_process import ServerProcess, start_server
+from training.import_check import weights
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TORCH_MODEL = FIXTURES / "torch_ncf.onnx"
@@ -47,6 +54,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert import_(TORCH_MODEL, root, *MAPPING) == 0  # ids: the row numbers
     named = ("--users", str(users), "--items", str(items))
     assert import_(TORCH_MODEL, root, *MAPPING, *named, model="ncf-named") == 0
+    for rows in FEATURE_GRAPHS:
+        signature = ids / "signature.json"
+        signature.write_text(FEATURE_SIGNATURE.model_dump_json())
+        model = feature_model(rows=rows).save(ids / "features.onnx")
+        flags = ("--signature", str(signature), "--input", "user=uid", "--output", "score=out")
+        assert import_(model, root, *flags, model=f"features-{rows or 'weights'}") == 0
     return root
 
 
@@ -99,6 +112,31 @@ def test_v2_infer_scores_equal_pytorchs(client: httpx.Client) -> None:
     np.testing.assert_allclose(output["data"], TORCH["scores"], rtol=1e-5)
 
 
+FEATURE_GRAPHS = (None, 3)  # the bag as float weights, and as 3 rows
+
+
+@pytest.mark.parametrize("rows", FEATURE_GRAPHS)
+def test_v2_infer_of_an_imported_feature_model_equals_the_original(
+    client: httpx.Client, rows: int | None
+) -> None:
+    users = np.array([1, 2, 3, 4, 5, 0], np.int64)  # row r + 1: the graph's user r; 0: unknown
+    age = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
+    bags = np.array([[0, 0, 0], [2, 0, 0], [1, 1, 3], [4, 2, 4], [0, 3, 0], [0, 0, 0]], np.int64)
+    inputs = [
+        {"name": "user", "datatype": "INT64", "shape": [6], "data": users.tolist()},
+        {"name": "age", "datatype": "FP32", "shape": [6, 2], "data": age.ravel().tolist()},
+        {"name": "genres", "datatype": "INT64", "shape": [6, 3], "data": bags.ravel().tolist()},
+    ]
+    reply = client.post(f"/v2/models/features-{rows or 'weights'}/infer", json={"inputs": inputs})
+    assert reply.status_code == 200, reply.text
+    scores = np.array(reply.json()["outputs"][0]["data"], np.float32)
+    theirs = bags if rows else weights(bags, 5)  # genre rows 1..4 as the graph's 4 weights
+    original = feature_model(rows=rows).model()
+    expected = run(original, {"uid": users[:5] - 1, "age": age[:5], "genres": theirs[:5]}, "out")
+    np.testing.assert_array_equal(scores[:5], expected[:, 0])
+    assert np.isfinite(scores[5])
+
+
 def test_unknown_ids_are_scored_not_refused(client: httpx.Client) -> None:
     body = {"user_id": "nobody", "item_ids": ["3", "no-such-item"]}
     reply = client.post("/v1/models/ncf/score", json=body)
@@ -128,33 +166,124 @@ def test_the_manifest_records_the_source_the_mapping_and_the_parity(repository: 
     ]
 
 
+def refused(err: str, message: str, repository: Path) -> None:
+    """The import said ``message`` on one ``error:`` line and published nothing."""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not repository.exists()
+
+
+def import_features(
+    tmp_path: Path, signature: Signature, *flags: str, rows: int | None = None
+) -> int:
+    """Import :func:`feature_model` (its bag as weights, or as ``rows`` rows) under
+    ``signature``, its user input mapped, into ``tmp_path / "repo"``."""
+    model = feature_model(rows=rows).save(tmp_path / "features.onnx")
+    (tmp_path / "signature.json").write_text(signature.model_dump_json())
+    mapping = ("--input", "user=uid", "--output", "score=out")
+    return import_(model, tmp_path / "repo", "--signature", str(tmp_path / "signature.json"),
+                   *mapping, *flags)  # fmt: skip
+
+
 def test_a_feature_model_is_imported_with_its_signature_file(tmp_path: Path) -> None:
-    model = feature_model().save(tmp_path / "features.onnx")
-    signature = tmp_path / "signature.json"
-    signature.write_text(FEATURE_SIGNATURE.model_dump_json())
     genres = write_ids(tmp_path / "genres", ["drama", "comedy", "horror", "noir"])
-    flags = ("--signature", str(signature), "--input", "user=uid", "--vocabulary",
-             f"genres.txt={genres}", "--output", "score=out")  # fmt: skip
-    assert import_(model, tmp_path / "repo", *flags) == 0
+    assert import_features(tmp_path, FEATURE_SIGNATURE, "--vocabulary", f"genres.txt={genres}") == 0
     stored = read_version(tmp_path / "repo" / "ncf" / "1")
     assert stored.manifest.signature == FEATURE_SIGNATURE
     assert stored.vocabularies["genres.txt"].row("noir") == 4
     assert stored.vocabularies["users.txt"].ids == ["0", "1", "2", "3", "4"]
+    assert stored.tables == {}
+    adaptations = stored.manifest.records()["adaptations"]
+    assert (
+        "input 'genres' feeds graph input 'genres' as 0/1 weights (padding and unknown rows "
+        "weigh 0)" in adaptations
+    )
+
+
+USER_GENRES = changed(FEATURE_SIGNATURE, "genres", source="user_table", table="user_features.npz")
+TABLE = np.array([[0, 0, 0], [1, 2, 0], [4, 4, 0], [0, 0, 0], [3, 1, 2], [2, 0, 0]], np.int64)
+
+
+def write_table(path: Path, genres: np.ndarray) -> str:
+    """A user table as NumPy writes one; the ``--table`` flag that gives it."""
+    np.savez(path, genres=genres)
+    return f"user_features.npz={path}"
+
+
+def test_a_graph_taking_rows_is_published_with_its_feature_table(tmp_path: Path) -> None:
+    table = write_table(tmp_path / "users.npz", genres=TABLE)
+    assert import_features(tmp_path, USER_GENRES, "--table", table, rows=3) == 0
+    stored = read_version(tmp_path / "repo" / "ncf" / "1")
+    assert stored.manifest.signature == USER_GENRES
+    np.testing.assert_array_equal(stored.tables["user_features.npz"]["genres"], TABLE)
+    adaptations = stored.manifest.records()["adaptations"]
+    assert "input 'genres' feeds graph input 'genres' as its rows" in adaptations
+
+
+FEATURE_ERRORS: list[tuple[str, Signature, int | None, Any, str]] = [
+    (
+        "no table",
+        USER_GENRES, 3, lambda d: [],
+        "--table: the signature looks its features up in ['user_features.npz'], each given once "
+        "as --table FILE_NAME=FILE.npz; given []",
+    ),
+    (
+        "table of the wrong shape",
+        USER_GENRES, 3, lambda d: ["--table", write_table(d / "t.npz", genres=TABLE[:, :2])],
+        "user_features.npz: 'genres' is int64[6, 2], the signature needs int64[6, 3]",
+    ),
+    (
+        "table that is no npz",
+        USER_GENRES, 3, lambda d: ["--table", f"user_features.npz={write_ids(d / 't', ['x'])}"],
+        "/t: not a NumPy .npz file",
+    ),
+    (
+        "table for a signature without one",
+        FEATURE_SIGNATURE, None, lambda d: ["--table", write_table(d / "t.npz", genres=TABLE)],
+        "--table: the signature looks its features up in [], each given once",
+    ),
+    (
+        "more genres than the graph's table rows",
+        changed(FEATURE_SIGNATURE, "genres", n_rows=7), 3, lambda d: [],
+        "signature input 'genres' has n_rows 7 (padding row 0 and 6 categories), but the tables "
+        "graph input 'genres' indexes have 5 rows",
+    ),
+    (
+        "weights for other genres",
+        changed(FEATURE_SIGNATURE, "genres", n_rows=7), None, lambda d: [],
+        "graph input 'genres' is FP32 [N, 4], but signature input 'genres' (multi_hot) needs "
+        "FP32 [N, 6] (one weight per category of its 6, no column for the unknown row 0) or "
+        "INT64 or INT32 [N, 3] (rows padded with 0)",
+    ),
+]  # fmt: skip
 
 
 def test_a_signature_with_more_ids_than_table_rows_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = feature_model().save(tmp_path / "features.onnx")
-    raw = FEATURE_SIGNATURE.model_dump(mode="json")
-    raw["inputs"][0]["n_rows"] = 9  # the graph's user table has 5 rows
-    (tmp_path / "signature.json").write_text(json.dumps(raw))
-    flags = ("--signature", str(tmp_path / "signature.json"), "--input", "user=uid")
-    assert import_(model, tmp_path / "repo", *flags, "--output", "score=out") == 2
+    signature = changed(FEATURE_SIGNATURE, "user", n_rows=9)  # the graph's user table has 5 rows
+    assert import_features(tmp_path, signature) == 2
     assert capsys.readouterr().err == (
         "error: signature input 'user' has n_rows 9 (8 ids), but the tables graph input 'uid' "
         "indexes have 5 rows\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("signature", "rows", "flags", "message"),
+    [e[1:] for e in FEATURE_ERRORS],
+    ids=[e[0] for e in FEATURE_ERRORS],
+)
+def test_feature_model_errors_are_one_line_naming_the_input(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    signature: Signature,
+    rows: int | None,
+    flags: Any,
+    message: str,
+) -> None:
+    assert import_features(tmp_path, signature, *flags(tmp_path), rows=rows) == 2
+    refused(capsys.readouterr().err, message, tmp_path / "repo")
 
 
 def test_a_parity_failure_publishes_nothing(
@@ -271,10 +400,7 @@ def test_errors_are_one_line_naming_the_problem(
     path = make(tmp_path)
     flags = [flag.format(dir=tmp_path) for flag in flags]
     assert import_(path, tmp_path / "repo", *flags) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert message in err
-    assert not (tmp_path / "repo").exists()
+    refused(capsys.readouterr().err, message, tmp_path / "repo")
 
 
 def test_an_output_of_another_shape_is_refused(

@@ -17,8 +17,16 @@ from tests.import_graphs import (
     run,
     shifted_id_model,
 )
-from training.import_check import parity
-from training.onnx_import import TensorMap, adapt, graph_inputs, resolve_mapping, table_rows
+from training.import_check import parity, sample_bags, unknown_feeds, weights
+from training.onnx_import import (
+    Adapted,
+    ImportFailure,
+    TensorMap,
+    adapt,
+    graph_inputs,
+    resolve_mapping,
+    table_rows,
+)
 
 TWO_ID = (["user", "item"], ["score"])
 
@@ -90,21 +98,116 @@ def test_an_id_used_beyond_table_lookups_is_shifted_and_unknown_is_its_first_row
     assert adapted.unknown["user"] == "row 0 of the original graph (rows shifted by one)"
 
 
-def test_a_feature_model_takes_its_bag_with_the_unknown_column_first() -> None:
-    model = feature_model().model()
-    mapping = resolve_mapping(model, ["user", "age", "genres"], ["score"], {"user": "uid"}, {})
+FEATURES: tuple[list[str], list[str], dict[str, str], dict[str, str]] = (
+    ["user", "age", "genres"],
+    ["score"],
+    {"user": "uid"},
+    {},
+)
+BAGS = np.array([  # rows of the genres vocabulary, padded with 0 (also the unknown genre)
+    [0, 0, 0],  # empty
+    [2, 0, 0],
+    [1, 1, 3],  # genre row 1 twice
+    [4, 2, 4],  # all genres but row 3 (repeated row 4)
+    [0, 3, 0],  # an unknown genre before row 3
+], np.int64)  # fmt: skip
+WEIGHTS = np.array([  # the same bags as the exporter's weights: genre rows 1..4, once each
+    [0, 0, 0, 0],
+    [0, 1, 0, 0],
+    [1, 0, 1, 0],
+    [0, 1, 0, 1],
+    [0, 0, 1, 0],
+], np.float32)  # fmt: skip
+
+
+def feature_feeds() -> tuple[np.ndarray, np.ndarray]:
+    """Five user rows (0: unknown) and their two dense values."""
+    age = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    return np.array([0, 1, 2, 3, 4], np.int64), age
+
+
+def adapt_features(model: onnx.ModelProto, theirs: np.ndarray) -> tuple[TensorMap, Adapted]:
+    """Adapt :func:`feature_model` ``model``; check the result as the server does on load, and
+    that it scores :data:`BAGS` as the original scores ``theirs``, the same bags as it takes
+    them."""
+    mapping = resolve_mapping(model, *FEATURES)
     adapted = adapt(model, FEATURE_SIGNATURE, mapping)
     check_graph(FEATURE_SIGNATURE, *served_specs(adapted.model))
+    users, age = feature_feeds()
+    got = run(adapted.model, {"user": users + 1, "age": age, "genres": BAGS}, "score")
+    expected = run(model, {"uid": users, "age": age, "genres": theirs}, "out")
+    np.testing.assert_array_equal(got, expected[:, 0])
+    return mapping, adapted
 
-    rng = np.random.default_rng(0)
-    rows = np.array([0, 1, 2, 3, 4], np.int64)
-    age = rng.normal(size=(5, 2)).astype(np.float32)
-    bag = (rng.random((5, 4)) < 0.5).astype(np.float32)
-    served_bag = np.concatenate([np.ones((5, 1), np.float32), bag], axis=1)  # unknown: ignored
-    got = run(adapted.model, {"user": rows + 1, "age": age, "genres": served_bag}, "score")
-    expected = run(model, {"uid": rows, "age": age, "genres": bag}, "out")
-    np.testing.assert_allclose(got, expected[:, 0], rtol=1e-6)
-    assert parity(model, adapted.model, FEATURE_SIGNATURE, mapping, rows=32) == 0.0
+
+@pytest.mark.parametrize("opset", [13, 17, 21])
+def test_a_bag_of_rows_feeds_the_graphs_weights_once_per_known_category(opset: int) -> None:
+    model = feature_model().model(opset)
+    mapping, adapted = adapt_features(model, WEIGHTS)
+    assert (
+        "input 'genres' feeds graph input 'genres' as 0/1 weights (padding and unknown rows "
+        "weigh 0)" in adapted.changes
+    )
+    assert parity(model, adapted.model, FEATURE_SIGNATURE, mapping, rows=64) == 0.0
+
+
+def test_the_parity_check_sees_a_bag_that_counts_a_repeated_category_twice() -> None:
+    model = feature_model().model()
+    mapping = resolve_mapping(model, *FEATURES)
+    wrong = onnx.load_from_string(adapt(model, FEATURE_SIGNATURE, mapping).model)
+    (scatter,) = [node for node in wrong.graph.node if node.op_type == "ScatterElements"]
+    scatter.attribute.append(onnx.helper.make_attribute("reduction", "add"))  # opset 16+
+    assert parity(model, wrong.SerializeToString(), FEATURE_SIGNATURE, mapping, rows=64) > 0.1
+
+
+def test_sampled_bags_have_every_length_padding_repeats_and_unknown_categories() -> None:
+    bags = sample_bags(np.random.default_rng(0), 400, 4, 50)
+    assert bags.dtype == np.int64 and bags.shape == (400, 4)
+    assert ((bags >= 0) & (bags < 50)).all()
+    lengths = np.array([np.flatnonzero(bag).max(initial=-1) + 1 for bag in bags])
+    assert set(lengths) == {0, 1, 2, 3, 4}
+    assert any(0 in bag[: n - 1] for bag, n in zip(bags, lengths, strict=True))  # unknown inside
+    assert any(len(set(bag[bag > 0])) < np.count_nonzero(bag) for bag in bags)  # a repeat
+    np.testing.assert_array_equal(weights(BAGS, 5), WEIGHTS)
+    users, age = feature_feeds()
+    unknown = unknown_feeds(FEATURE_SIGNATURE, {"user": users + 1, "age": age, "genres": BAGS})
+    assert not unknown["user"].any() and not unknown["genres"].any()
+    assert unknown["genres"].shape == BAGS.shape and unknown["age"] is age
+
+
+@pytest.mark.parametrize("rows_type", [TensorProto.INT64, TensorProto.INT32])
+def test_a_graph_that_takes_rows_is_fed_them_as_they_are(rows_type: int) -> None:
+    model = feature_model(rows=3, rows_type=rows_type).model()
+    theirs = BAGS.astype(onnx.helper.tensor_dtype_to_np_dtype(rows_type))
+    mapping, adapted = adapt_features(model, theirs)
+    assert "input 'genres' feeds graph input 'genres' as its rows" in adapted.changes[2]
+    assert table_rows(model, "genres") == 5
+    assert parity(model, adapted.model, FEATURE_SIGNATURE, mapping, rows=64) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "elem_type", "width", "found"),
+    [
+        (None, TensorProto.FLOAT, 5, "FP32 [N, 5]"),  # a column for the unknown genre too
+        (4, TensorProto.INT64, 4, "INT64 [N, 4]"),  # longer bags than the signature's 3
+        (None, TensorProto.DOUBLE, 4, "FP64 [N, 4]"),
+    ],
+)
+def test_a_bag_of_another_type_or_width_is_refused_naming_what_it_needs(
+    rows: int | None, elem_type: int, width: int, found: str
+) -> None:
+    model = feature_model(rows=rows).model()
+    bag = next(i for i in model.graph.input if i.name == "genres")
+    bag.type.tensor_type.elem_type = elem_type
+    bag.type.tensor_type.shape.dim[1].dim_value = width
+    mapping = resolve_mapping(model, *FEATURES)
+    with pytest.raises(ImportFailure) as failure:
+        adapt(model, FEATURE_SIGNATURE, mapping)
+    assert str(failure.value) == (
+        f"graph input 'genres' is {found}, but signature input 'genres' (multi_hot) needs "
+        "FP32 [N, 4] (one weight per category of its 4, no column for the unknown row 0) or "
+        "INT64 or INT32 [N, 3] (rows padded with 0)"
+    )
 
 
 def test_initializers_listed_as_inputs_need_no_mapping() -> None:

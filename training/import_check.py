@@ -1,10 +1,12 @@
 """Does the adapted graph score as the original does? ONNX Runtime runs both on the same rows.
 
 Each sampled row feeds the original graph what its author's code would (id ``r`` as row ``r``, in
-the graph's own integer type; a bag without the unknown column) and the adapted graph what the
-server will (row ``r + 1``, int64; a bag with an empty column 0). Every signature output is compared
-with the graph output it maps, and the adapted graph must also give finite scores for the unknown
-row, which the original has no counterpart for.
+the graph's own integer type; a bag as the graph's float weights, one per category it knows, or as
+its integer rows) and the adapted graph what the server will (row ``r + 1``, int64; a bag as int64
+rows padded with 0). The sampled bags have every length from empty to full, padding, repeated
+categories and unknown ones (row 0), which the original's bag must not see. Every signature output
+is compared with the graph output it maps, and the adapted graph must also give finite scores for
+the unknown row, which the original has no counterpart for.
 """
 
 from __future__ import annotations
@@ -57,25 +59,47 @@ def sample_feeds(
             known = generator.integers(1, spec.n_rows or 1, rows, dtype=np.int64)
             after[spec.name], before[name] = known, (known - 1).astype(dtypes[name])
         elif spec.role is Role.MULTI_HOT:
-            bag = (generator.random((rows, spec.width - 1)) < 0.3).astype(np.float32)
-            before[name] = bag
-            after[spec.name] = np.concatenate([np.zeros((rows, 1), np.float32), bag], axis=1)
+            bags = sample_bags(generator, rows, spec.width, spec.n_rows or 1)
+            after[spec.name] = bags
+            if np.issubdtype(dtypes[name], np.integer):  # the graph takes rows as we do
+                before[name] = bags.astype(dtypes[name])
+            else:
+                before[name] = weights(bags, spec.n_rows or 1).astype(dtypes[name])
         else:
             dense = generator.standard_normal((rows, spec.width)).astype(np.float32)
             before[name] = after[spec.name] = dense
     return before, after
 
 
+def sample_bags(generator: np.random.Generator, rows: int, length: int, n_rows: int) -> np.ndarray:
+    """``rows`` bags as the server feeds them: int64 ``[rows, length]``, each of a random length
+    (empty to full) padded with 0, with unknown categories (row 0) among the values and a
+    repeated category in about a quarter of them."""
+    values = generator.integers(0, n_rows, (rows, length), dtype=np.int64)
+    values[generator.random((rows, length)) < 0.1] = 0  # unknown, however large the vocabulary
+    if length > 1:
+        repeat = generator.random(rows) < 0.25
+        values[repeat, -1] = values[repeat, 0]
+    lengths = generator.integers(0, length + 1, rows)
+    return np.where(np.arange(length) < lengths[:, None], values, 0)
+
+
+def weights(bags: np.ndarray, n_rows: int) -> np.ndarray:
+    """The float bag of a graph that knows no unknown category: ``[N, n_rows - 1]``, 1 for each
+    category in the bag (once, however often it is there), 0 for the rest; padding and unknown
+    rows weigh nothing."""
+    hot = np.zeros((len(bags), n_rows), np.float32)
+    hot[np.arange(len(bags))[:, None], bags] = 1.0
+    return hot[:, 1:]
+
+
 def unknown_feeds(signature: Signature, adapted: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``adapted`` with every id on the unknown row and every bag holding the unknown category."""
+    """``adapted`` with every id on the unknown row and every bag holding only the unknown row 0
+    (which is also the padding: an empty bag)."""
     feeds = dict(adapted)
     for spec in signature.inputs:
-        if spec.role is Role.ID:
+        if spec.role in (Role.ID, Role.MULTI_HOT):
             feeds[spec.name] = np.zeros_like(adapted[spec.name])
-        elif spec.role is Role.MULTI_HOT:
-            bag = adapted[spec.name].copy()
-            bag[:, 0] = 1.0
-            feeds[spec.name] = bag
     return feeds
 
 
@@ -112,5 +136,5 @@ def parity(
     unknown = _run(served, names, unknown_feeds(signature, after), "adapted")
     for name, values in zip(names, unknown, strict=True):
         if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
-            raise ImportFailure(f"output '{name}' is not finite for unknown ids")
+            raise ImportFailure(f"output '{name}' is not finite for unknown ids and empty bags")
     return float(np.max(errors))  # NaN, if any, comes through: it must not pass for agreement

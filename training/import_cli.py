@@ -3,7 +3,8 @@
 Read the file, map its tensors to the signature (the two-id one, or a ``--signature`` file for
 feature models), adapt the graph (:mod:`training.onnx_import`), check that ONNX Runtime loads it and
 that it scores as the original on sampled rows (:mod:`training.import_check`), and publish it with
-its vocabularies through ``modelrepo.write_version``.
+its vocabularies (and, for a feature model, the feature tables its signature names) through
+``modelrepo.write_version``.
 
 Exit status: 0 published, 2 bad input (flags, files, a graph that cannot be mapped), 3 the adapted
 graph does not reproduce the original's outputs (nothing published).
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +25,7 @@ import onnx
 from pydantic import ValidationError
 
 from modelrepo import (
+    InputSpec,
     Manifest,
     PublishedVersion,
     Role,
@@ -35,6 +39,7 @@ from modelrepo import (
 )
 from modelrepo.errors import describe
 from modelrepo.layout import ITEMS_FILE, MODEL_NAME_PATTERN, MODEL_NAME_RULE, USERS_FILE
+from modelrepo.tables import Table, parse_table
 from training.exits import EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail, positive_int
 from training.import_check import parity
 from training.onnx_import import (
@@ -89,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     ids.add_argument("--n-users", type=positive_int, metavar="N", help="users without --users")
     ids.add_argument("--n-items", type=positive_int, metavar="N", help="items without --items")
+    parser.add_argument(
+        "--table", type=_pair, action="append", default=[], metavar="FILE_NAME=FILE.npz",
+        help="a feature table a --signature names (user_features.npz, item_features.npz): "
+        "one array per input that is looked up in it, aligned with the id rows",
+    )  # fmt: skip
     check = parser.add_argument_group("check")
     check.add_argument(
         "--tolerance", type=float, default=1e-5,
@@ -134,18 +144,13 @@ def import_model(args: argparse.Namespace) -> ImportResult:
             raise ImportFailure("--n-users and --n-items go without --signature: it gives n_rows")
         signature = template
         for spec in signature.inputs:
-            rows = table_rows(model, mapping.inputs[spec.name]) if spec.role is Role.ID else None
-            if rows is not None and spec.n_rows is not None and spec.n_rows - 1 > rows:
-                raise ImportFailure(
-                    f"signature input '{spec.name}' has n_rows {spec.n_rows} ({spec.n_rows - 1} "
-                    f"ids), but the tables graph input '{mapping.inputs[spec.name]}' indexes "
-                    f"have {rows} rows"
-                )
+            _check_rows(model, spec, mapping.inputs[spec.name])
     else:
         users = _id_count(model, mapping, "user", given.get(USERS_FILE), args.n_users)
         items = _id_count(model, mapping, "item", given.get(ITEMS_FILE), args.n_items)
         signature = two_id_signature(users + 1, items + 1)
     vocabularies = _vocabularies(signature, given)
+    tables = _tables(signature, args.table)
     adapted = adapt(model, signature, mapping)
     error = parity(model, adapted.model, signature, mapping, rows=args.sample_rows, seed=args.seed)
     if not error <= args.tolerance:
@@ -172,7 +177,9 @@ def import_model(args: argparse.Namespace) -> ImportResult:
     )
     repository = args.repository
     try:
-        published = write_version(repository, args.model, manifest, adapted.model, vocabularies)
+        published = write_version(
+            repository, args.model, manifest, adapted.model, vocabularies, tables=tables
+        )
     except OSError as exc:
         raise ImportFailure(f"cannot publish into {repository}: {exc.strerror or exc}") from None
     return ImportResult(published, error, adapted.changes, adapted.unknown)
@@ -230,6 +237,50 @@ def _given_vocabularies(args: argparse.Namespace, template: Signature) -> dict[s
             )
         given[name] = _read_ids("--vocabulary", Path(file))
     return given
+
+
+def _check_rows(model: onnx.ModelProto, spec: InputSpec, tensor: str) -> None:
+    """An id or bag input of the signature file has no more rows than the embedding tables its
+    graph input indexes: an id's tables get the unknown row prepended, a bag's rows (a graph
+    that takes integer rows, padding 0 included) index them as they are."""
+    if spec.role is Role.DENSE or spec.n_rows is None:
+        return
+    rows = table_rows(model, tensor)
+    if rows is None:
+        return
+    if spec.role is Role.ID and spec.n_rows - 1 > rows:
+        raise ImportFailure(
+            f"signature input '{spec.name}' has n_rows {spec.n_rows} ({spec.n_rows - 1} ids), "
+            f"but the tables graph input '{tensor}' indexes have {rows} rows"
+        )
+    if spec.role is Role.MULTI_HOT and spec.n_rows > rows:
+        raise ImportFailure(
+            f"signature input '{spec.name}' has n_rows {spec.n_rows} (padding row 0 and "
+            f"{spec.n_rows - 1} categories), but the tables graph input '{tensor}' indexes have "
+            f"{rows} rows"
+        )
+
+
+def _tables(signature: Signature, given: Sequence[tuple[str, str]]) -> dict[str, Table]:
+    """The feature tables the signature names, each read from its --table file and checked
+    against the signature as a server will read it."""
+    named = signature.tables()
+    files = dict(given)
+    if len(files) != len(given) or set(files) != set(named):
+        raise ImportFailure(
+            f"--table: the signature looks its features up in {sorted(named)}, each given once "
+            f"as --table FILE_NAME=FILE.npz; given {sorted(name for name, _ in given)}"
+        )
+    tables: dict[str, Table] = {}
+    for name, file in files.items():
+        data = _read_bytes(Path(file))
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise ImportFailure(f"--table {name}={file}: not a NumPy .npz file")
+        try:
+            tables[name] = parse_table(data, name, signature)
+        except VersionError as exc:
+            raise ImportFailure(f"--table {name}={file}: {exc}") from None
+    return tables
 
 
 def _id_count(

@@ -8,8 +8,13 @@ of a vocabulary is row ``r + 1``). :func:`adapt` rewrites the graph around its o
 never changes:
 
 - every graph input is fed by a node from the signature input it is mapped to: an identity, a
-  cast of int64 rows to the graph's int32, or, for a bag (multi-hot), a slice that drops the
-  unknown column;
+  cast of int64 rows to the graph's int32, or, for a bag (multi-hot), the conversion of the
+  contract's rows (int64 ``[N, L]``, padded with 0, row 0 also the unknown category) to the
+  graph's own float bag ``[N, n_rows - 1]``, one weight per category it knows: 1 for a category in
+  the bag however often it is there, 0 for any other (padding and unknown categories weigh
+  nothing). A graph whose bag input is already integer rows ``[N, L]`` is taken to number them as
+  the contract does (0 = padding, line ``r`` of the vocabulary = row ``r + 1``) and is fed them as
+  they are;
 - an id input that only indexes embedding tables (Gather on an initializer, through casts) gets a
   row prepended to each of those tables, the mean of the table's rows: an unknown id is scored as
   the average user (or item). An id input used any other way gets ``max(row - 1, 0)``: an unknown
@@ -25,18 +30,20 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from modelrepo import InputSpec, OutputSpec, Role, Signature
-from training.onnx_graph import free_names, gathered_tables, prepend_mean_row, tensor_names
+from training.onnx_feeds import ROWS, WEIGHTS, Builder
+from training.onnx_graph import free_names, gathered_tables, prepend_mean_row
 
 IR_VERSION = 10
 """The highest IR version written: what every ONNX Runtime from 1.20 loads."""
 MIN_OPSET = 11
-"""Below it the nodes the adapter adds (Slice with inputs, broadcasting Max) do not exist."""
+"""Below it the nodes the adapter adds (Slice with inputs, broadcasting Max, ScatterElements) do
+not exist."""
 
 _V2_NAMES: dict[int, str] = {
     TensorProto.FLOAT: "FP32",
@@ -218,13 +225,17 @@ def adapt(model: onnx.ModelProto, signature: Signature, mapping: TensorMap) -> A
     inputs = {k: renamed.get(v, v) for k, v in mapping.inputs.items()}
     outputs = {k: renamed.get(v, v) for k, v in mapping.outputs.items()}
 
-    builder = _Builder(graph)
+    builder = Builder(graph)
     changes: list[str] = []
     unknown: dict[str, str] = {}
     for spec in signature.inputs:
         original = mapping.inputs[spec.name]
         elem_type = found_in[original].elem_type
-        what = builder.feed(spec, inputs[spec.name], elem_type, bool(prepend.get(spec.name)))
+        if spec.role is Role.MULTI_HOT:
+            form = _bag_form(spec, found_in[original])
+            what = builder.bag(spec, inputs[spec.name], form, elem_type)
+        else:
+            what = builder.feed(spec, inputs[spec.name], elem_type, bool(prepend.get(spec.name)))
         changes.append(f"input '{spec.name}' feeds graph input '{original}'{what}")
         if spec.role is Role.ID:
             tables = prepend[spec.name]
@@ -260,26 +271,55 @@ def adapt(model: onnx.ModelProto, signature: Signature, mapping: TensorMap) -> A
 
 def _check_input(spec: InputSpec, found: Tensor) -> None:
     """The graph input fits the signature input it is mapped to, once adapted."""
+    if spec.role is Role.MULTI_HOT:
+        _bag_form(spec, found)
+        return
     width: int | None = None
     if spec.role is Role.ID:
         allowed, expected = _ID_TYPES, "INT64 or INT32 [N]"
-    else:  # a bag's graph has no column for the unknown category: the adapter adds it
-        width = spec.width - 1 if spec.role is Role.MULTI_HOT else spec.width
+    else:
+        width = spec.width
         allowed, expected = (TensorProto.FLOAT,), f"FP32 [N, {width}]"
+    if not _fits_input(found, allowed, width):
+        _refuse_input(spec, found, expected)
+
+
+def _bag_form(spec: InputSpec, found: Tensor) -> str:
+    """How the graph takes the bag of signature input ``spec``: ``weights``, FP32 ``[N, C]`` with
+    one column per category it knows (``C = n_rows - 1``: no column for the unknown category), or
+    ``rows``, integers ``[N, L]`` numbered as the contract numbers them."""
+    categories = (spec.n_rows or 1) - 1
+    if _fits_input(found, (TensorProto.FLOAT,), categories):
+        return WEIGHTS
+    if _fits_input(found, _ID_TYPES, spec.width):
+        return ROWS
+    _refuse_input(
+        spec,
+        found,
+        f"FP32 [N, {categories}] (one weight per category of its {categories}, no column for "
+        f"the unknown row 0) or INT64 or INT32 [N, {spec.width}] (rows padded with 0)",
+    )
+
+
+def _fits_input(found: Tensor, allowed: Sequence[int], width: int | None) -> bool:
+    """``found`` is of a type in ``allowed``, ``[N]`` (``width`` None) or ``[N, width]``, its
+    batch axis dynamic (and its width, if the graph leaves it free)."""
     shape = found.shape
     rank = 1 if width is None else 2
-    fits = found.elem_type in allowed and (
+    return found.elem_type in allowed and (
         shape is None
         or (len(shape) == rank and shape[0] == -1 and (width is None or shape[1] in (width, -1)))
     )
-    if not fits:
-        hint = ""
-        if shape and shape[0] > 0:
-            hint = "; export it with a dynamic batch axis (dynamic_axes or dynamic_shapes)"
-        raise ImportFailure(
-            f"graph input '{found.name}' is {found.describe()}, but signature input "
-            f"'{spec.name}' ({spec.role}) needs {expected}{hint}"
-        )
+
+
+def _refuse_input(spec: InputSpec, found: Tensor, expected: str) -> NoReturn:
+    hint = ""
+    if found.shape and found.shape[0] > 0:
+        hint = "; export it with a dynamic batch axis (dynamic_axes or dynamic_shapes)"
+    raise ImportFailure(
+        f"graph input '{found.name}' is {found.describe()}, but signature input "
+        f"'{spec.name}' ({spec.role}) needs {expected}{hint}"
+    )
 
 
 def _check_output(spec: OutputSpec, found: Tensor) -> bool:
@@ -311,55 +351,3 @@ def _fits(graph: Sequence[int], declared: Sequence[int]) -> bool:
 def _value_info(spec: InputSpec | OutputSpec) -> onnx.ValueInfoProto:
     elem = {"INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT}[spec.dtype]
     return helper.make_tensor_value_info(spec.name, elem, ["N" if d < 0 else d for d in spec.shape])
-
-
-class _Builder:
-    """The nodes and constants added before and after the graph's own nodes."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken = set(tensor_names(graph))
-        self.before: list[onnx.NodeProto] = []
-        self.after: list[onnx.NodeProto] = []
-        self.constants: list[onnx.TensorProto] = []
-
-    def fresh(self, base: str) -> str:
-        name, n = base, 0
-        while name in self.taken:
-            n += 1
-            name = f"{base}_{n}"
-        self.taken.add(name)
-        return name
-
-    def constant(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.constants.append(numpy_helper.from_array(value, name))
-        return name
-
-    def feed(self, spec: InputSpec, target: str, elem_type: int, tables: bool) -> str:
-        """Nodes computing the graph input ``target`` from the signature input; what they do."""
-        source, what = spec.name, ""
-        if spec.role is Role.MULTI_HOT:
-            starts = self.constant(f"{spec.name}_from", np.array([1], np.int64))
-            ends = self.constant(f"{spec.name}_to", np.array([np.iinfo(np.int64).max], np.int64))
-            axes = self.constant(f"{spec.name}_axis", np.array([1], np.int64))
-            self.before.append(helper.make_node("Slice", [source, starts, ends, axes], [target]))
-            return " without the unknown column 0"
-        if spec.role is Role.ID and not tables:
-            one = self.constant(f"{spec.name}_one", np.array(1, np.int64))
-            zero = self.constant(f"{spec.name}_zero", np.array(0, np.int64))
-            shifted, clamped = self.fresh(f"{spec.name}_shifted"), self.fresh(f"{spec.name}_row")
-            self.before.append(helper.make_node("Sub", [source, one], [shifted]))
-            self.before.append(helper.make_node("Max", [shifted, zero], [clamped]))
-            source, what = clamped, " as row - 1"
-        if spec.role is Role.ID and elem_type == TensorProto.INT32:
-            self.before.append(helper.make_node("Cast", [source], [target], to=elem_type))
-            return what + " cast to INT32"
-        self.before.append(helper.make_node("Identity", [source], [target]))
-        return what
-
-    def give(self, spec: OutputSpec, source: str, reshape: bool) -> None:
-        if reshape:
-            shape = self.constant(f"{spec.name}_shape", np.array(spec.shape, np.int64))
-            self.after.append(helper.make_node("Reshape", [source, shape], [spec.name]))
-        else:
-            self.after.append(helper.make_node("Identity", [source], [spec.name]))
