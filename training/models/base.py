@@ -9,7 +9,7 @@ parameter names and the computation match the ONNX graph the kind builds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeAlias
 
@@ -31,6 +31,7 @@ from training.layers import (
     sigmoid,
 )
 from training.models.config import ModelConfig
+from training.models.side import SideFeature
 
 Rows: TypeAlias = NDArray[np.integer]
 Rng: TypeAlias = np.random.Generator
@@ -118,6 +119,21 @@ class Model(ABC):
         """Write the graph from the ``user`` and ``item`` inputs to the output layer's input."""
 
     # -- parameters -----------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        config: ModelConfig,
+        n_user_rows: int,
+        n_item_rows: int,
+        seed: int,
+        features: Sequence[SideFeature] = (),
+    ) -> Model:
+        """A freshly initialised model; only a kind that reads side features takes ``features``."""
+        if features:
+            raise ValueError(f"a {cls.kind} model takes no side features")
+        params = cls.init_params(config, n_user_rows, n_item_rows, seed)
+        return cls(config, n_user_rows, n_item_rows, params)
 
     @classmethod
     def init_params(
@@ -302,14 +318,20 @@ class Model(ABC):
     @classmethod
     def graph(cls, nodes: GraphNodes, params: Weights, signature: Signature) -> None:
         """Write the whole graph: the kind's part, then the output layer, sigmoid and squeeze."""
-        user, item = (signature.one_from(source) for source in (Source.USER, Source.ITEM))
-        if user is None or item is None:
-            raise ValueError(f"a {cls.kind} model takes a user and an item input")
-        head = cls.graph_head_input(nodes, params, user.name, item.name)
+        head = cls.graph_inputs(nodes, params, signature)
         logit = nodes.add("Gemm", [head, "w_out", "b_out"], "logit2d")
         prob = nodes.add("Sigmoid", [logit], "prob2d")
         axes = nodes.constant("squeeze_axes", np.array([1], dtype=np.int64))
         nodes.add("Squeeze", [prob, axes], signature.score)
+
+    @classmethod
+    def graph_inputs(cls, nodes: GraphNodes, params: Weights, signature: Signature) -> str:
+        """Write the graph from the signature's inputs to the output layer's input: for a kind
+        of the two ids, :meth:`graph_head_input` on them."""
+        user, item = (signature.one_from(source) for source in (Source.USER, Source.ITEM))
+        if user is None or item is None:
+            raise ValueError(f"a {cls.kind} model takes a user and an item input")
+        return cls.graph_head_input(nodes, params, user.name, item.name)
 
     @staticmethod
     def _graph_tower(nodes: GraphNodes, params: Weights, x: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from training.models.base import Model
 from training.models.config import ModelConfig
 from training.models.registry import registered
+from training.models.side import SideFeature
 
 
 def model_class(kind: str) -> type[Model]:
@@ -15,8 +18,16 @@ def model_class(kind: str) -> type[Model]:
     return cls
 
 
-def build_model(config: ModelConfig, n_user_rows: int, n_item_rows: int, seed: int) -> Model:
-    """A freshly initialised model of ``config.kind``; the same arguments give the same weights."""
-    cls = model_class(config.kind)
-    params = cls.init_params(config, n_user_rows, n_item_rows, seed)
-    return cls(config, n_user_rows, n_item_rows, params)
+def build_model(
+    config: ModelConfig,
+    n_user_rows: int,
+    n_item_rows: int,
+    seed: int,
+    features: Sequence[SideFeature] = (),
+) -> Model:
+    """A freshly initialised model of ``config.kind``; the same arguments give the same weights.
+
+    ``features`` are the side features of a kind that reads them (``dlrm``); other kinds refuse
+    any.
+    """
+    return model_class(config.kind).build(config, n_user_rows, n_item_rows, seed, features)

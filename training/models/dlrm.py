@@ -1,0 +1,389 @@
+"""DLRM (Naumov et al. 2019, the MLPerf recommendation model) over the two ids and side features.
+
+Every categorical input (the user id, the item id, each categorical feature) is looked up in its
+own embedding table of width D = ``embedding_dim``; a multi-hot feature is the mean of the
+embeddings of its non-zero entries (a zero vector for an empty bag: 0 is padding); the numeric
+features, concatenated, go through the bottom MLP (ReLU layers ``bottom``, then a ReLU layer to
+D). The interaction is DLRM's: the pairwise dot products of all those D-vectors (the bottom MLP's
+output among them; upper triangle, no self products), after the bottom MLP's output; then the
+top MLP (``tower``), the output layer and the sigmoid. Without numeric features there is no
+bottom MLP and the top MLP sees the dot products alone (an id-only dlrm model: the one product of
+the user and item vectors).
+
+The features come from the tables of its :class:`~training.models.side.SideFeature`s:
+``forward(users, items)`` gathers the rows' features, as the training loop and the server by id
+do; ``forward_inputs`` takes every input of the signature explicitly, as the ONNX graph does (a
+cold-start user: id row 0 with its own features). In training, ``id_dropout`` replaces ids by the
+unknown row while keeping their features, so that row 0 learns to lean on the features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelrepo import UNKNOWN_ROW, Role, Signature, Source, table_type, two_id_signature
+from training.layers import Array, Dense, Embedding, Grads, Mask, Params, ReLU, SparseRows, sigmoid
+from training.models import base
+from training.models.base import ForwardCache, GraphNodes, Model, Rng, Rows, Table, Weights
+from training.models.config import ModelConfig
+from training.models.dlrm_graph import bottom_layer, embedding_param, interaction_graph, side_param
+from training.models.registry import register
+from training.models.side import SideFeature
+
+Feeds = Mapping[str, NDArray[Any]]
+"""Every input of the signature by name, as the ONNX graph takes them."""
+
+
+@dataclass
+class DLRMCache(ForwardCache):
+    """The forward pass's inputs and intermediate values that the backward pass reads."""
+
+    feeds: Feeds = field(default_factory=dict)
+    vectors: Array | None = None
+    """[N, F, D]: the user, item, categorical, bag and bottom-MLP vectors, in that order."""
+    bag_counts: dict[str, Array] = field(default_factory=dict)
+    """Per multi-hot input: max(non-zero entries, 1) per row, [N, 1]."""
+    bottom_inputs: list[Array] = field(default_factory=list)
+    bottom_masks: list[Mask] = field(default_factory=list)
+
+
+def dlrm_signature(
+    n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
+) -> Signature:
+    """The two ids, then every side feature in order; the score output as every kind's."""
+    ids = two_id_signature(n_user_rows, n_item_rows)
+    inputs = (*ids.inputs, *(feature.input_spec() for feature in features))
+    return Signature(inputs=inputs, outputs=ids.outputs, score=ids.score)
+
+
+def _bottom_layers(config: ModelConfig) -> list[Dense]:
+    return [Dense(*bottom_layer(k)) for k in range(len(config.bottom) + 1)]
+
+
+@register("dlrm")
+class DLRM(Model):
+    """Parameters: ``user_emb``, ``item_emb``, ``<input>_emb`` per categorical or multi-hot
+    feature, ``W_bottom<k>``/``b_bottom<k>`` (with numeric features), the tower and the output."""
+
+    tables = (
+        Table("user_emb", Source.USER, "embedding_dim"),
+        Table("item_emb", Source.ITEM, "embedding_dim"),
+    )
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        n_user_rows: int,
+        n_item_rows: int,
+        params: Params,
+        features: Sequence[SideFeature] = (),
+    ) -> None:
+        super().__init__(config, n_user_rows, n_item_rows, params)
+        self.features = tuple(features)
+        self._signature = dlrm_signature(n_user_rows, n_item_rows, self.features)
+        id_rows = {Source.USER_TABLE: n_user_rows, Source.ITEM_TABLE: n_item_rows}
+        for feature in self.features:
+            if feature.table is not None and feature.table.shape[0] != id_rows[feature.source]:
+                raise ValueError(
+                    f"{feature.name}: the table has {feature.table.shape[0]} rows, the "
+                    f"{feature.source} ids {id_rows[feature.source]}"
+                )
+        expected = self.param_shapes(config, n_user_rows, n_item_rows, self.features)
+        shapes = {name: value.shape for name, value in params.items()}
+        if shapes != expected:
+            raise ValueError(f"parameters {shapes} do not fit the features: expected {expected}")
+        self._embedded = [feature for feature in self.features if feature.embedded]
+        self._dense = [feature for feature in self.features if not feature.embedded]
+        self._bottom = _bottom_layers(config) if self._dense else []
+        for feature in self._embedded:
+            self._embeddings[embedding_param(feature.name)] = Embedding(
+                embedding_param(feature.name)
+            )
+        n_vectors = 2 + len(self._embedded) + (1 if self._dense else 0)
+        self._pairs = np.triu_indices(n_vectors, k=1)
+
+    # -- parameters and signature ---------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        config: ModelConfig,
+        n_user_rows: int,
+        n_item_rows: int,
+        seed: int,
+        features: Sequence[SideFeature] = (),
+    ) -> DLRM:
+        params = cls.init_params(config, n_user_rows, n_item_rows, seed, features)
+        return cls(config, n_user_rows, n_item_rows, params, features)
+
+    @staticmethod
+    def param_shapes(
+        config: ModelConfig, n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
+    ) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape, in the order ``init_params`` draws them."""
+        dim = config.embedding_dim
+        shapes: dict[str, tuple[int, ...]] = {"user_emb": (n_user_rows, dim)}
+        shapes["item_emb"] = (n_item_rows, dim)
+        for feature in features:
+            if feature.embedded and feature.n_rows is not None:
+                shapes[embedding_param(feature.name)] = (feature.n_rows, dim)
+        dense_width = sum(feature.width for feature in features if not feature.embedded)
+        n_vectors = 2 + sum(feature.embedded for feature in features)
+        if dense_width:
+            n_vectors += 1
+            widths = [dense_width, *config.bottom, dim]
+            for k, (fan_in, out) in enumerate(pairwise(widths)):
+                weight, bias = bottom_layer(k)
+                shapes[weight], shapes[bias] = (fan_in, out), (out,)
+        width = n_vectors * (n_vectors - 1) // 2 + (dim if dense_width else 0)
+        for k, out in enumerate(config.tower):
+            shapes[f"W{k}"], shapes[f"b{k}"] = (width, out), (out,)
+            width = out
+        shapes["w_out"], shapes["b_out"] = (width, 1), (1,)
+        return shapes
+
+    @classmethod
+    def init_params(
+        cls,
+        config: ModelConfig,
+        n_user_rows: int,
+        n_item_rows: int,
+        seed: int,
+        features: Sequence[SideFeature] = (),
+    ) -> Params:
+        """As the other kinds: embeddings normal(0, 0.01) with row 0 (unknown id, unknown
+        category, padding) at zero, He-normal ReLU layers, a Glorot output layer, zero biases."""
+        if n_user_rows < 1 or n_item_rows < 1:
+            raise ValueError("embedding tables need at least the unknown-id row")
+        rng = np.random.default_rng(seed)
+        params: Params = {}
+        for name, shape in cls.param_shapes(config, n_user_rows, n_item_rows, features).items():
+            if name.endswith("_emb"):
+                params[name] = rng.normal(0.0, 0.01, shape).astype(np.float32)
+                params[name][UNKNOWN_ROW] = 0.0
+            elif name == "w_out":
+                limit = np.sqrt(6.0 / (shape[0] + 1))
+                params[name] = rng.uniform(-limit, limit, shape).astype(np.float32)
+            elif name.startswith("W"):
+                params[name] = rng.normal(0.0, np.sqrt(2.0 / shape[0]), shape).astype(np.float32)
+            else:
+                params[name] = np.zeros(shape, dtype=np.float32)
+        return params
+
+    @classmethod
+    def signature_for(cls, params: Weights) -> Signature:
+        """Only an id-only dlrm model's signature follows from its parameters."""
+        if any(side_param(name) for name in params):
+            raise ValueError("a dlrm model with side features: take its signature from the model")
+        return super().signature_for(params)
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def _weight_names(self) -> list[str]:
+        return super()._weight_names() + [layer.weight for layer in self._bottom]
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def inputs_for(self, users: Rows, items: Rows) -> dict[str, NDArray[Any]]:
+        """The graph's feeds for id rows: each row's features from the tables (defaults for a
+        context feature). A cold-start user: set the ``user`` feed to 0, keep its features."""
+        feeds: dict[str, NDArray[Any]] = {
+            "user": np.asarray(users, dtype=np.int64),
+            "item": np.asarray(items, dtype=np.int64),
+        }
+        for feature in self.features:
+            if feature.table is None:
+                feeds[feature.name] = feature.defaults(feeds["user"].shape[0])
+            else:
+                rows = feeds["user" if feature.source is Source.USER_TABLE else "item"]
+                feeds[feature.name] = feature.table[rows]
+        return feeds
+
+    def check_inputs(self, feeds: Feeds) -> dict[str, NDArray[Any]]:
+        """``feeds`` checked against the signature: every input, its type, shape and range."""
+        names = [spec.name for spec in self._signature.inputs]
+        if set(feeds) != set(names):
+            raise ValueError(f"the model takes the inputs {names}, given {sorted(feeds)}")
+        n_rows = np.asarray(feeds["user"]).shape[:1]
+        checked: dict[str, NDArray[Any]] = {}
+        for spec in self._signature.inputs:
+            value = np.asarray(feeds[spec.name])
+            dtype, shape = table_type(spec, n_rows[0] if n_rows else 0)
+            kind = np.floating if spec.role is Role.DENSE else np.integer
+            if value.shape != shape or not np.issubdtype(value.dtype, kind):
+                raise ValueError(
+                    f"input '{spec.name}' is {value.dtype}{list(value.shape)}, expected "
+                    f"{np.dtype(dtype)}{list(shape)}"
+                )
+            if spec.role is Role.DENSE:
+                if not np.isfinite(value).all():
+                    raise ValueError(f"input '{spec.name}' holds values that are not finite")
+            elif value.size and (value.min() < 0 or value.max() >= (spec.n_rows or 0)):
+                raise ValueError(f"input '{spec.name}' holds rows outside [0, {spec.n_rows})")
+            checked[spec.name] = value
+        return checked
+
+    # -- forward and backward -------------------------------------------------------------
+
+    def forward(
+        self, users: Rows, items: Rows, *, train: bool = False, rng: Rng | None = None
+    ) -> tuple[Array, ForwardCache]:
+        """Logits for id rows, their features gathered from the tables; in training, ids
+        replaced by the unknown row at rate ``id_dropout`` (their features kept)."""
+        self._check_rows(users, self.n_user_rows, "user")
+        self._check_rows(items, self.n_item_rows, "item")
+        if users.shape != items.shape:
+            raise ValueError(f"users {users.shape} and items {items.shape} differ in shape")
+        feeds = self.inputs_for(users, items)
+        rate = self.config.id_dropout
+        if train and rate > 0.0:
+            if rng is None:
+                raise ValueError("training with id dropout needs an rng")
+            for name in ("user", "item"):
+                dropped = rng.random(users.size) < rate
+                feeds[name] = np.where(dropped, UNKNOWN_ROW, feeds[name])
+        return self._run(feeds, train, rng)
+
+    def forward_inputs(
+        self, feeds: Feeds, *, train: bool = False, rng: Rng | None = None
+    ) -> tuple[Array, ForwardCache]:
+        """Logits for explicit inputs (every input of the signature, as the graph takes them)."""
+        return self._run(self.check_inputs(feeds), train, rng)
+
+    def predict_inputs(self, feeds: Feeds) -> NDArray[np.float32]:
+        """Probabilities [N] float32 for explicit inputs, in inference mode, in chunks of rows."""
+        checked = self.check_inputs(feeds)
+        n = checked["user"].shape[0]
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, base.PREDICT_CHUNK_ROWS):
+            stop = start + base.PREDICT_CHUNK_ROWS
+            logits, _ = self._run({k: v[start:stop] for k, v in checked.items()}, False, None)
+            out[start:stop] = sigmoid(logits)
+        return out
+
+    def predict_cold(self, users: Rows, items: Rows) -> NDArray[np.float32]:
+        """Probabilities for users served as the model would serve ones it never saw: the
+        unknown id row with each user's own features (cold-start evaluation)."""
+        feeds = self.inputs_for(users, items)
+        feeds["user"] = np.full_like(feeds["user"], UNKNOWN_ROW)
+        return self.predict_inputs(feeds)
+
+    def _run(self, feeds: Feeds, train: bool, rng: Rng | None) -> tuple[Array, ForwardCache]:
+        dropout_rng = None
+        if train and self.config.dropout > 0.0:
+            if rng is None:
+                raise ValueError("training with dropout needs an rng")
+            dropout_rng = rng
+        cache = self._forward_feeds(feeds, dropout_rng)
+        return self._head.forward(self.params, cache.head_input)[:, 0], cache
+
+    def _forward(self, users: Rows, items: Rows, rng: Rng | None) -> ForwardCache:
+        return self._forward_feeds(self.inputs_for(users, items), rng)
+
+    def _forward_feeds(self, feeds: Feeds, rng: Rng | None) -> DLRMCache:
+        users, items = feeds["user"], feeds["item"]
+        cache = DLRMCache(users, items, [], [], np.empty(0), feeds=feeds)
+        vectors = [self._lookup("user_emb", users), self._lookup("item_emb", items)]
+        for feature in self._embedded:
+            rows = feeds[feature.name]
+            looked_up = self._lookup(embedding_param(feature.name), rows)
+            if feature.role is Role.MULTI_HOT:
+                mask = (rows != 0).astype(looked_up.dtype)
+                count = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+                cache.bag_counts[feature.name] = count
+                looked_up = np.einsum("nl,nld->nd", mask, looked_up) / count
+            vectors.append(looked_up)
+        dense = None
+        if self._dense:
+            dtype = self.params[self._bottom[0].weight].dtype
+            x = np.concatenate([feeds[f.name] for f in self._dense], axis=1).astype(dtype)
+            for layer in self._bottom:
+                cache.bottom_inputs.append(x)
+                x, relu_mask = ReLU.forward(layer.forward(self.params, x))
+                cache.bottom_masks.append(relu_mask)
+            dense = x
+            vectors.append(x)
+        stacked = np.stack(vectors, axis=1)
+        dots = (stacked @ stacked.transpose(0, 2, 1))[:, self._pairs[0], self._pairs[1]]
+        top = dots if dense is None else np.concatenate([dense, dots], axis=1)
+        cache.head_input, cache.tower_inputs, cache.tower_masks = self._tower_forward(top, rng)
+        cache.vectors = stacked
+        return cache
+
+    def _backward(self, cache: ForwardCache, dhead: Array, grads: Grads) -> None:
+        assert isinstance(cache, DLRMCache) and cache.vectors is not None
+        dtop = self._tower_backward(dhead, cache, grads)
+        stacked = cache.vectors
+        n, n_vectors, dim = stacked.shape
+        ddots = dtop[:, dim:] if self._dense else dtop
+        dproducts = np.zeros((n, n_vectors, n_vectors), dtype=dtop.dtype)
+        dproducts[:, self._pairs[0], self._pairs[1]] = ddots
+        dvectors = dproducts @ stacked + dproducts.transpose(0, 2, 1) @ stacked
+        grads["user_emb"] = self._embeddings["user_emb"].backward(cache.users, dvectors[:, 0])
+        grads["item_emb"] = self._embeddings["item_emb"].backward(cache.items, dvectors[:, 1])
+        for k, feature in enumerate(self._embedded, start=2):
+            rows, dvector = cache.feeds[feature.name], dvectors[:, k]
+            table = self._embeddings[embedding_param(feature.name)]
+            if feature.role is Role.MULTI_HOT:
+                present = rows != 0
+                samples = np.nonzero(present)[0]
+                dvector = (dvector / cache.bag_counts[feature.name])[samples]
+                rows = rows[present]
+            grads[table.name] = table.backward(rows, dvector)
+        if self._dense:
+            dx: Array = dtop[:, :dim] + dvectors[:, -1]
+            for layer, x, mask in zip(
+                reversed(self._bottom),
+                reversed(cache.bottom_inputs),
+                reversed(cache.bottom_masks),
+                strict=True,
+            ):
+                dx, grads[layer.weight], grads[layer.bias] = layer.backward(
+                    self.params, x, ReLU.backward(mask, dx)
+                )
+
+    # -- L2 over the looked-up feature rows -----------------------------------------------
+
+    def _feature_rows(self, feature: SideFeature, cache: ForwardCache) -> NDArray[np.integer]:
+        """The distinct rows of ``feature``'s table the batch looked up (a bag's non-zero ones)."""
+        assert isinstance(cache, DLRMCache)
+        rows = cache.feeds[feature.name]
+        return np.unique(rows[rows != 0] if feature.role is Role.MULTI_HOT else rows)
+
+    def regularization(self, cache: ForwardCache) -> float:
+        total = super().regularization(cache)
+        l2 = self.config.l2
+        for feature in self._embedded if l2 > 0.0 else ():
+            looked_up = self.params[embedding_param(feature.name)][
+                self._feature_rows(feature, cache)
+            ]
+            total += 0.5 * l2 * float(np.vdot(looked_up, looked_up))
+        return total
+
+    def _add_l2(self, grads: Grads) -> None:
+        super()._add_l2(grads)
+        for feature in self._embedded:
+            name = embedding_param(feature.name)
+            sparse = grads[name]
+            assert isinstance(sparse, SparseRows)
+            values = sparse.values + self.config.l2 * self.params[name][sparse.rows]
+            grads[name] = SparseRows(sparse.rows, values)
+
+    # -- the ONNX graph -------------------------------------------------------------------
+
+    @classmethod
+    def graph_head_input(cls, nodes: GraphNodes, params: Weights, user: str, item: str) -> str:
+        signature = two_id_signature(params["user_emb"].shape[0], params["item_emb"].shape[0])
+        return cls.graph_inputs(nodes, params, signature)
+
+    @classmethod
+    def graph_inputs(cls, nodes: GraphNodes, params: Weights, signature: Signature) -> str:
+        return cls._graph_tower(nodes, params, interaction_graph(nodes, params, signature))
