@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import training.pipeline as pipeline_module
+import training.graph_check as graph_check
 from modelrepo import read_version
 from training.cli import (
     EXIT_OK,
@@ -144,8 +144,8 @@ def test_no_refit_publishes_the_evaluated_model(
 def test_kind_choices_are_the_registered_kinds() -> None:
     """The registry feeds the flag: every registered kind is a choice, and nothing else is."""
     parser = build_parser()
-    assert kind_names() == ("mlp", "neumf")
-    assert "--kind {mlp,neumf}" in parser.format_help()
+    assert kind_names() == ("dlrm", "mf", "mlp", "neumf")
+    assert "--kind {dlrm,mf,mlp,neumf}" in parser.format_help()
     for kind in kind_names():
         args = parser.parse_args(["--data", "synthetic", "--model", "m", "--kind", kind])
         assert config_from_args(args).model.kind == kind
@@ -172,7 +172,7 @@ def test_usage_errors_exit_2_and_publish_nothing(
 def test_parity_failure_exits_3_with_the_figure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(pipeline_module, "onnx_parity", lambda *args: 3e-4)
+    monkeypatch.setattr(graph_check, "onnx_parity", lambda *args: 3e-4)
     code = main([*TINY, "--model", "demo", "--repository", str(tmp_path)])
     assert code == EXIT_PARITY
     assert "max |ONNX - NumPy| = 0.0003" in capsys.readouterr().err

@@ -27,6 +27,7 @@ ITEMS = np.array([3, 1, 5, 2, 0, 3, 4, 1, 3, 5])
 CONFIGS = {
     "mlp": ModelConfig(kind="mlp", embedding_dim=3, tower=(5, 4)),
     "neumf": ModelConfig(kind="neumf", embedding_dim=3, tower=(5, 4), gmf_dim=2),
+    "mf": ModelConfig(kind="mf", embedding_dim=3, tower=(5, 4)),
 }
 
 
@@ -46,7 +47,7 @@ def float64_model(config: ModelConfig) -> Model:
     return model
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 @pytest.mark.parametrize(("l2", "dropout"), [(0.0, 0.0), (0.05, 0.0), (0.0, 0.4), (0.1, 0.3)])
 def test_every_parameter_gradient_matches_finite_differences(
     kind: str, l2: float, dropout: float
@@ -92,7 +93,7 @@ def test_loss_gradient_through_bce(kind: str) -> None:
         assert_gradient(dense, numeric_gradient(objective, model.params[name]), name)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 def test_float32_forward_and_gradients_agree_with_float64(kind: str) -> None:
     model = build_model(CONFIGS[kind], N_USER_ROWS, N_ITEM_ROWS, seed=0)
     logits32, cache32 = model.forward(USERS, ITEMS)
@@ -142,17 +143,18 @@ def test_parameter_names_and_shapes(
 
 
 def test_registry_holds_the_kinds_by_name() -> None:
-    assert kind_names() == ("mlp", "neumf")
+    assert kind_names() == ("dlrm", "mf", "mlp", "neumf")
     assert (model_class("mlp"), model_class("neumf")) == (NCFMLP, NeuMF)
-    assert (NCFMLP.kind, NeuMF.kind) == ("mlp", "neumf")
-    with pytest.raises(ValueError, match="unknown model kind 'gmf'; expected 'mlp' or 'neumf'"):
+    assert (NCFMLP.kind, NeuMF.kind, model_class("dlrm").kind) == ("mlp", "neumf", "dlrm")
+    expected = "expected 'dlrm' or 'mf' or 'mlp' or 'neumf'"
+    with pytest.raises(ValueError, match=f"unknown model kind 'gmf'; {expected}"):
         model_class("gmf")
     with pytest.raises(ValueError, match="registered twice"):
         register("mlp")(NCFMLP)
     assert model_class("mlp") is NCFMLP
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 def test_initialisation(kind: str) -> None:
     model = build_model(ModelConfig(kind=kind), 2000, 1500, seed=0)
     for name, value in model.params.items():
@@ -176,7 +178,7 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
     assert not np.array_equal(first["mlp_user_emb"], other["mlp_user_emb"])
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 def test_training_is_deterministic_by_seed(kind: str) -> None:
     config = ModelConfig(**{**CONFIGS[kind].__dict__, "dropout": 0.2, "l2": 1e-3})
     rng = np.random.default_rng(0)
@@ -195,7 +197,7 @@ def test_training_is_deterministic_by_seed(kind: str) -> None:
         np.testing.assert_array_equal(first[name], second[name])
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 def test_predict_is_sigmoid_of_inference_logits_and_chunked(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,7 +216,8 @@ def test_predict_is_sigmoid_of_inference_logits_and_chunked(
 
 
 def test_training_dropout_differs_from_inference() -> None:
-    model = build_model(ModelConfig(embedding_dim=3, tower=(5, 4), dropout=0.5), 7, 6, seed=0)
+    config = ModelConfig(kind="mlp", embedding_dim=3, tower=(5, 4), dropout=0.5)
+    model = build_model(config, 7, 6, seed=0)
     inference, _ = model.forward(USERS, ITEMS)
     trained, _ = model.forward(USERS, ITEMS, train=True, rng=np.random.default_rng(0))
     assert not np.array_equal(inference, trained)
@@ -250,7 +253,7 @@ def test_config_validation(changes: dict[str, object], message: str) -> None:
         ModelConfig(**changes)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kind", ["mlp", "neumf"])
+@pytest.mark.parametrize("kind", ["mlp", "neumf", "mf"])
 def test_training_learns_a_planted_preference(kind: str) -> None:
     """Users 1-20 like even items, users 21-40 odd ones: Adam must fit it well past chance."""
     config = ModelConfig(kind=kind, embedding_dim=8, tower=(16, 8), gmf_dim=8)
@@ -267,3 +270,40 @@ def test_training_learns_a_planted_preference(kind: str) -> None:
     loss, _ = bce_with_logits(np.log(scores / (1 - scores)), labels_all)
     assert loss < 0.1
     assert ((scores > 0.5) == (labels_all > 0.5)).mean() > 0.99
+
+
+def test_mf_starts_as_the_biased_dot_product_without_a_tower() -> None:
+    """``w_out`` ones and zero biases: the logit is ``<p_u, q_i>``; no tower weights exist."""
+    config = ModelConfig(kind="mf", embedding_dim=4, tower=(12, 6), gmf_dim=7)
+    model = build_model(config, 11, 9, seed=0)
+    shapes = {name: p.shape for name, p in model.params.items()}
+    assert shapes == {
+        "user_emb": (11, 4),
+        "item_emb": (9, 4),
+        "user_bias": (11, 1),
+        "item_bias": (9, 1),
+        "w_out": (6, 1),
+        "b_out": (1,),
+    }
+    np.testing.assert_array_equal(model.params["w_out"], 1.0)
+    assert not model.params["user_bias"].any() and not model.params["item_bias"].any()
+    users, items = np.array([1, 2, 10]), np.array([3, 8, 1])
+    logits, _ = model.forward(users, items)
+    expected = (model.params["user_emb"][users] * model.params["item_emb"][items]).sum(axis=1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_mf_biases_carry_popularity() -> None:
+    """Trained on one popular item and users with nothing else in common, the item bias ranks it
+    first for a user the model never saw (row 0: no factors, biases only)."""
+    model = build_model(ModelConfig(kind="mf", embedding_dim=4), 21, 6, seed=0)
+    optimizer = Adam(model.params, lr=0.05)
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 21), 5)
+    items = np.tile(np.arange(1, 6), 20)
+    labels = ((items == 3) | (rng.random(items.size) < 0.1)).astype(np.float32)
+    for _ in range(200):
+        train_step(model, optimizer, users, items, labels, rng)
+    assert model.params["item_bias"][3, 0] > model.params["item_bias"][[1, 2, 4, 5], 0].max()
+    scores = model.predict(np.zeros(5, np.int64), np.arange(1, 6))
+    assert int(np.argmax(scores)) == 2

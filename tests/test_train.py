@@ -101,7 +101,8 @@ def test_early_stopping_restores_the_best_epoch(
         return Metrics(0.0, next(scripted), 0.5, 1.0, k, len(candidates))
 
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
-    config = TrainConfig(epochs=6, batch_size=1024, patience=2)
+    # lr 0.001: slow enough that the two-epoch run below keeps its second epoch by validation.
+    config = TrainConfig(epochs=6, batch_size=1024, patience=2, lr=0.001)
     best_so_far: list[int] = []
     result = train(small_split, SMALL_MODEL, config, quiet=True, on_best=best_so_far.append)
     assert best_so_far == [1, 2, 2, 2]  # after each epoch, what a refit beside it must keep

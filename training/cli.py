@@ -23,6 +23,8 @@ from modelrepo.access import publish_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE
 from training.data import FORMATS, DataError, SyntheticSpec
 from training.exits import EXIT_FAILED, EXIT_OK, EXIT_PARITY, EXIT_USAGE, command_parser, fail
+from training.feature_flags import add_feature_arguments, feature_options
+from training.features import FeatureFileError
 from training.models import ModelConfig, kind_names
 from training.pipeline import (
     SYNTHETIC_PRESETS,
@@ -36,7 +38,7 @@ from training.train import TrainConfig
 REPOSITORY_ENV = "RECSERVE_MODEL_REPOSITORY"  # the server's: both agree where a shell sets it
 DEFAULT_REPOSITORY = Path("model_repo")
 
-DEFAULT_MODEL = ModelConfig(kind="neumf")
+DEFAULT_MODEL = ModelConfig()
 DEFAULT_TRAIN = TrainConfig()
 ConfigT = TypeVar("ConfigT", ModelConfig, TrainConfig)
 
@@ -51,8 +53,14 @@ def _tower(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _bottom(text: str) -> tuple[int, ...]:
+    """``--bottom``: like ``--tower``, and ``none`` for no hidden layer."""
+    return () if text.strip().lower() == "none" else _tower(text)
+
+
 _TRAIN_HELP: dict[str, str | None] = {
     "lr": "learning rate",
+    "lr_decay": "learning-rate factor per epoch (1: constant)",
     "batch_size": None,
     "negatives": "sampled negatives per positive",
     "epochs": "most epochs",
@@ -89,7 +97,9 @@ FLAG_RULES: dict[str, Rule] = {
     "gmf_dim": _at_least(1),
     "l2": _NOT_NEGATIVE,
     "dropout": _RATE,
+    "id_dropout": _RATE,
     "lr": _ABOVE_0,
+    "lr_decay": Rule(lambda value: 0.0 < value <= 1.0, "must be in (0, 1]"),
     "batch_size": _at_least(1),
     "negatives": _at_least(1),
     "epochs": _at_least(1),
@@ -172,6 +182,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--gmf-dim", type=int, default=m.gmf_dim, metavar="D", help="NeuMF only")
     model.add_argument("--l2", type=float, default=m.l2, help="L2 weight")
     model.add_argument("--dropout", type=float, default=m.dropout, help="tower dropout rate")
+    bottom_help = (
+        f"dlrm only: hidden widths of the bottom MLP over numeric features, before its layer to "
+        f"the embedding size; 'none' for that layer alone (default {','.join(map(str, m.bottom))})"
+    )
+    model.add_argument(
+        "--bottom", type=_bottom, default=m.bottom, metavar="W,W,...", help=bottom_help
+    )
+    model.add_argument(
+        "--id-dropout",
+        type=float,
+        default=m.id_dropout,
+        help="dlrm only: share of training ids replaced by the unknown row, features kept",
+    )
 
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default=t.optimizer)
@@ -185,6 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="publish the evaluated model (trained without the hold-outs) instead of one refit "
         "on all interactions for the chosen epochs",
     )
+    add_feature_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -206,6 +230,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         train=_from_args(TrainConfig, args),
         quiet=args.quiet,
         refit=args.refit,
+        features=feature_options(args),
+        cold_start_users=args.cold_start_users,
     )
 
 
@@ -258,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
 _EXIT_CODES: dict[type[Exception], int] = {
     ParityError: EXIT_PARITY,
     DataError: EXIT_USAGE,
+    FeatureFileError: EXIT_USAGE,
     FloatingPointError: EXIT_FAILED,
 }
 
