@@ -41,9 +41,9 @@ from training.onnx_graph import free_names, gathered_tables, prepend_mean_row
 
 IR_VERSION = 10
 """The highest IR version written: what every ONNX Runtime from 1.20 loads."""
-MIN_OPSET = 11
-"""Below it the nodes the adapter adds (Slice with inputs, broadcasting Max, ScatterElements) do
-not exist."""
+MIN_OPSET = 12
+"""Below it the nodes the adapter adds do not exist as it uses them (Slice with inputs and
+ScatterElements from 11, Max over int64 ids from 12)."""
 
 _V2_NAMES: dict[int, str] = {
     TensorProto.FLOAT: "FP32",
