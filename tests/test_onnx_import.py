@@ -213,10 +213,10 @@ def test_a_bag_of_another_type_or_width_is_refused_naming_what_it_needs(
 def test_a_graph_below_the_opset_of_the_adapters_nodes_is_refused() -> None:
     """The id shift takes the maximum of int64 ids, which ONNX defines from opset 12."""
     model = dot_model().model()
-    mapping = resolve_mapping(model, *TWO_ID)
+    mapping = resolve_mapping(model, *TWO_ID, {"user": "user_id", "item": "item_id"}, {})
     model.opset_import[0].version = 11  # as an exporter at opset 11 would declare it
     with pytest.raises(ImportFailure, match="uses opset 11; export it with opset 12 or later"):
-        adapt(model, two_id_signature(4, 4), mapping)
+        adapt(model, two_id_signature(7, 8), mapping)
 
 
 def test_initializers_listed_as_inputs_need_no_mapping() -> None:
