@@ -643,6 +643,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nice", type=int, default=0, help=nice)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="the feature model against the id-only one of the same size (bench/feature_bench.py)",
+    )
     args = parser.parse_args(argv)
     args.duration = args.duration or (3 if args.quick else 10)
     args.warmup = args.warmup or (1 if args.quick else 2)
@@ -661,6 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.features:
+        from feature_bench import run
+
+        return run(args)
     if args.repository is None:
         repository = out / "repository"
         shutil.rmtree(repository, ignore_errors=True)

@@ -23,10 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from modelrepo import (
-    UNKNOWN_ROW,
     History,
     Manifest,
     PublishedVersion,
@@ -37,9 +34,11 @@ from modelrepo import (
 )
 from modelrepo.layout import HISTORY_FILE as SEEN_FILE  # ours names the training log
 from modelrepo.layout import list_versions
+from training.cold_start import hold_out_users, report_lines, side_records
 from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synthetic
 from training.evaluate import Metrics, Popularity, evaluate
-from training.export import model_bytes, onnx_parity
+from training.feature_inputs import FeatureOptions, prepare
+from training.graph_check import graph_and_parity
 from training.models import ModelConfig
 from training.plot import CurveLabels, plot_history
 from training.refit import ConcurrentRefit, Refit
@@ -80,6 +79,8 @@ class PipelineConfig:
     parity_tolerance: float = 1e-5
     quiet: bool = False
     refit: bool = True  # publish a model refit on all interactions, not the evaluated one
+    features: FeatureOptions | None = None  # side-feature files (``training.feature_inputs``)
+    cold_start_users: float = 0.0  # share of users held out of training (``training.cold_start``)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
     """Train, evaluate, export, check and publish; raises ``ParityError`` before publishing."""
     stream = log if log is not None else sys.stderr
     started = time.perf_counter()
-    data = load_data(config)
+    data, cold = hold_out_users(load_data(config), config.cold_start_users, config.train.seed)
     skipped = data.skipped_report()
     if skipped:
         stream.write(f"warning: {data.name}: {skipped}\n")
@@ -132,6 +133,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         stream, config.quiet, "split " + ", ".join(f"{k} {v:,}" for k, v in split.summary().items())
     )
 
+    side = prepare(config.features, data, split, cold.ids if cold else (), stream)
     popularity = Popularity(split.item_counts(), split.n_users)
     pop_validation = evaluate(popularity, split.validation) if len(split.validation) else None
     if pop_validation is not None:
@@ -144,19 +146,21 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
     everything = split.with_holdouts()
     with contextlib.ExitStack() as stack:
         beside = (
-            stack.enter_context(ConcurrentRefit(everything, config.model, config.train))
+            stack.enter_context(
+                ConcurrentRefit(everything, config.model, config.train, side.features)
+            )
             if config.refit
             else None
         )
         on_best = beside.best_so_far if beside is not None else None
-        result = train(
-            split, config.model, config.train, quiet=config.quiet, log=stream, on_best=on_best
-        )
+        result = train(split, config.model, config.train, quiet=config.quiet, log=stream,
+                       on_best=on_best, features=side.features)  # fmt: skip
         test = Evaluation(
             model=evaluate(scorer(result.model), split.test),
             popularity=evaluate(popularity, split.test),
         )
         refit = beside.result(result.best_epoch) if beside is not None else None
+    extra = side_records(side, cold, result.model, popularity, data.item_ids, config.train.seed)
     published_model = refit.model if refit is not None else result.model
     if refit is not None:
         _say(
@@ -167,9 +171,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         )
 
     signature = published_model.signature
-    graph = model_bytes(published_model.params, config.model.kind)
-    users, items = _parity_rows(split)
-    parity = onnx_parity(graph, published_model.predict, users, items, signature)
+    graph, parity = graph_and_parity(published_model, config.model.kind, split)
     if not parity <= config.parity_tolerance:
         raise ParityError(parity, config.parity_tolerance)
     manifest = build_manifest(
@@ -183,6 +185,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         parity=parity,
         seconds=time.perf_counter() - started,
         published_model=published_record(split, result, refit),
+        extra=extra,
     )
     version = next_version(config.repository, config.model_name)
     labels = CurveLabels(config.model_name, version, data.name)
@@ -193,8 +196,9 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         config.model_name,
         manifest,
         graph,
-        vocabularies(signature, data),
+        {**vocabularies(signature, data), **side.vocabularies},
         extra_files,
+        side.tables,
     )
     if published.version != version:
         stream.write(
@@ -253,7 +257,7 @@ def vocabularies(signature: Signature, data: Interactions) -> dict[str, Vocabula
     return {
         spec.vocabulary: Vocabulary(ids[spec.source])
         for spec in signature.inputs
-        if spec.vocabulary is not None
+        if spec.vocabulary is not None and spec.source in ids  # features': ``feature_inputs``
     }
 
 
@@ -277,19 +281,6 @@ def _extra_files(
     if curve is not None:
         files[CURVE_FILE] = curve
     return files
-
-
-def _parity_rows(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Embedding rows of every test candidate, plus the unknown-id row against some of each."""
-    users, items = split.test.pairs()
-    users, items = users + 1, items + 1
-    extra_items = np.arange(min(split.n_items + 1, 100), dtype=np.int64)
-    extra_users = np.arange(min(split.n_users + 1, 100), dtype=np.int64)
-    unknown_users = np.full_like(extra_items, UNKNOWN_ROW)
-    unknown_items = np.full_like(extra_users, UNKNOWN_ROW)
-    users = np.concatenate([users, unknown_users, extra_users])
-    items = np.concatenate([items, extra_items, unknown_items])
-    return users, items
 
 
 def _finite(value: Any) -> Any:
@@ -322,6 +313,7 @@ def build_manifest(
     parity: float,
     seconds: float,
     published_model: dict[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """The version's manifest: the kind and signature, and what the run records beside them."""
     model_config = dataclasses.asdict(config.model)
@@ -348,6 +340,7 @@ def build_manifest(
             "validation": validation,
         },
         "published_model": published_model,
+        **(extra or {}),  # side features and cold start, when the run has them
         "parity_max_abs_error": parity,
         "training": {
             **dataclasses.asdict(config.train),
@@ -389,6 +382,7 @@ def summary(result: PipelineResult) -> str:
         row.format("popularity", pop.hr, pop.ndcg, pop.auc, pop.log_loss),
         f"  lift           {model.hr - pop.hr:+.4f} {model.ndcg - pop.ndcg:+.4f}",
         f"parity max |ONNX - NumPy| = {result.parity_error:.2e}",
+        *report_lines(records),
     ]
     if CURVE_FILE in result.manifest.files:
         lines.append(f"training curve: {result.published.path / CURVE_FILE}")

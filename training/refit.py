@@ -18,6 +18,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from training.models import Model, ModelConfig, build_model
+from training.models import Model, ModelConfig, SideFeature, build_model
 from training.split import Split
 from training.threads import limit_blas_threads
 from training.train import EpochLoop, TrainConfig
@@ -62,9 +63,9 @@ serve(conn)
 def serve(conn: Connection) -> None:
     """The child process: train epoch by epoch until told the chosen epoch, send its weights."""
     try:
-        split, model_config, config = conn.recv()
+        split, model_config, config, features = conn.recv()
         with limit_blas_threads(config.threads or None):
-            conn.send(_refit_until_chosen(conn, split, model_config, config))
+            conn.send(_refit_until_chosen(conn, split, model_config, config, features))
     except FloatingPointError as exc:
         _tell(conn, ("diverged", str(exc)))
     except BaseException as exc:  # the parent reports it; a child must not die silently
@@ -80,9 +81,13 @@ def _tell(conn: Connection, message: tuple[str, str]) -> None:
 
 
 def _refit_until_chosen(
-    conn: Connection, split: Split, model_config: ModelConfig, config: TrainConfig
+    conn: Connection,
+    split: Split,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    features: Sequence[SideFeature],
 ) -> tuple[str, Any]:
-    loop = EpochLoop(split, model_config, config)
+    loop = EpochLoop(split, model_config, config, features)
     floor, chosen = 1, None
     kept: dict[int, dict[str, np.ndarray]] = {}
     losses: list[float] = []
@@ -107,9 +112,16 @@ class ConcurrentRefit:
     Use as a context manager: leaving it without :meth:`result` (training failed) ends the child.
     """
 
-    def __init__(self, split: Split, model_config: ModelConfig, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        split: Split,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        features: Sequence[SideFeature] = (),
+    ) -> None:
         self._shape = (split.n_users + 1, split.n_items + 1)
         self._model_config, self._config = model_config, config
+        self._features = tuple(features)  # the child trains on the same side features
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
@@ -119,7 +131,7 @@ class ConcurrentRefit:
             theirs.close()
         self._conn = Connection(ours.detach())
         self._conn.send(list(sys.path))
-        self._conn.send((split, model_config, config))
+        self._conn.send((split, model_config, config, self._features))
 
     def best_so_far(self, epoch: int) -> None:
         """Training's best epoch so far; the chosen one will not be earlier."""
@@ -139,7 +151,7 @@ class ConcurrentRefit:
         if kind != "params":
             raise RuntimeError(f"refit on all interactions failed: {value}")
         params, losses = value
-        model = build_model(self._model_config, *self._shape, self._config.seed)
+        model = build_model(self._model_config, *self._shape, self._config.seed, self._features)
         for name, array in params.items():
             model.params[name][...] = array
         return Refit(model, list(losses))
