@@ -2,8 +2,9 @@
 
 Layout and name rules (:mod:`modelrepo.layout`), the signature (:mod:`modelrepo.signature`), the
 manifest (:mod:`modelrepo.manifest`), vocabularies (:mod:`modelrepo.vocabulary`), feature tables
-(:mod:`modelrepo.tables`), the users' training histories (:mod:`modelrepo.history`) and the only
-code that reads or writes a version directory (:mod:`modelrepo.version`).
+(:mod:`modelrepo.tables`), the users' training histories (:mod:`modelrepo.history`), the
+retrieval vectors (:mod:`modelrepo.retrieval`) and the only code that reads or writes a version
+directory (:mod:`modelrepo.version`).
 """
 
 from modelrepo.errors import VersionError
@@ -13,6 +14,7 @@ from modelrepo.layout import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    RETRIEVAL_FILE,
     UNKNOWN_ROW,
     ModelDir,
     is_model_name,
@@ -23,6 +25,7 @@ from modelrepo.layout import (
     stamp_version,
 )
 from modelrepo.manifest import FORMAT_VERSION, Manifest
+from modelrepo.retrieval import RetrievalVectors, parse_retrieval
 from modelrepo.signature import InputSpec, OutputSpec, Role, Signature, Source, two_id_signature
 from modelrepo.tables import ITEM_FEATURES_FILE, USER_FEATURES_FILE, table_type
 from modelrepo.version import (
@@ -41,6 +44,7 @@ __all__ = [
     "ITEM_FEATURES_FILE",
     "MANIFEST_FILE",
     "MODEL_FILE",
+    "RETRIEVAL_FILE",
     "UNKNOWN_ROW",
     "USER_FEATURES_FILE",
     "History",
@@ -49,6 +53,7 @@ __all__ = [
     "ModelDir",
     "OutputSpec",
     "PublishedVersion",
+    "RetrievalVectors",
     "Role",
     "Signature",
     "Source",
@@ -58,6 +63,7 @@ __all__ = [
     "is_model_name",
     "list_versions",
     "parse_history",
+    "parse_retrieval",
     "parse_version",
     "read_manifest",
     "read_version",

@@ -6,6 +6,7 @@
         model.onnx                                  the graph
         users.txt, items.txt, ...                   the vocabularies the signature names
         history.npz                                 optional: the users' training histories
+        retrieval.npz                               optional: user and item retrieval vectors
 
 A model name matches ``[a-z0-9][a-z0-9_.-]{0,63}``; a version directory is named by a positive
 integer written without sign or leading zero (``"01"`` names nothing). Hidden entries (a
@@ -26,6 +27,7 @@ CONFIG_FILE = "config.json"
 USERS_FILE = "users.txt"
 ITEMS_FILE = "items.txt"
 HISTORY_FILE = "history.npz"  # modelrepo.history; optional
+RETRIEVAL_FILE = "retrieval.npz"  # modelrepo.retrieval; optional
 
 UNKNOWN_ROW = 0
 """Row 0 of every table bound to a vocabulary serves every id the vocabulary does not hold."""

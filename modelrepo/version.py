@@ -33,10 +33,12 @@ from modelrepo.layout import (
     MODEL_FILE,
     MODEL_NAME_PATTERN,
     MODEL_NAME_RULE,
+    RETRIEVAL_FILE,
     is_model_name,
     list_versions,
 )
 from modelrepo.manifest import Manifest
+from modelrepo.retrieval import RetrievalVectors, parse_retrieval
 from modelrepo.signature import InputSpec
 from modelrepo.tables import Table, parse_table, table_bytes
 from modelrepo.vocabulary import Vocabulary
@@ -57,6 +59,8 @@ class StoredVersion:
     """Feature tables by file name, then by input name (see :mod:`modelrepo.tables`)."""
     history: History | None = None
     """The users' training histories (:mod:`modelrepo.history`); None where none is published."""
+    retrieval: RetrievalVectors | None = None
+    """The retrieval vectors (:mod:`modelrepo.retrieval`); None where none is published."""
 
     def vocabulary(self, spec: InputSpec) -> Vocabulary:
         """The vocabulary an id (or multi-hot) input is bound to."""
@@ -129,8 +133,11 @@ def read_version(path: Path) -> StoredVersion:
     history = None
     if HISTORY_FILE in manifest.files:  # optional: imported and older versions have none
         history = parse_history(_read_file(path, HISTORY_FILE, manifest), manifest.signature)
+    retrieval = None
+    if RETRIEVAL_FILE in manifest.files:  # optional: only a run that trains a retrieval model
+        retrieval = parse_retrieval(_read_file(path, RETRIEVAL_FILE, manifest), manifest.signature)
     model = _read_file(path, MODEL_FILE, manifest)
-    return StoredVersion(path, manifest, model, vocabularies, tables, history)
+    return StoredVersion(path, manifest, model, vocabularies, tables, history, retrieval)
 
 
 def write_version(
@@ -141,12 +148,14 @@ def write_version(
     vocabularies: Mapping[str, Vocabulary],
     extra_files: Mapping[str, bytes] | None = None,
     tables: Mapping[str, Table] | None = None,
+    retrieval: RetrievalVectors | None = None,
 ) -> PublishedVersion:
     """Publish a new version of ``model_name`` atomically; returns its number and path.
 
     ``vocabularies`` holds a vocabulary for every file the signature names, ``tables`` every
-    feature table it names (checked against it); ``extra_files`` (training history, plots) travel
-    with the version. The manifest is written with the sha256 of every other file.
+    feature table it names (checked against it); ``retrieval`` the retrieval vectors (checked
+    against it); ``extra_files`` (training history, plots) travel with the version. The manifest
+    is written with the sha256 of every other file.
     """
     if not is_model_name(model_name):
         raise ValueError(
@@ -161,6 +170,8 @@ def write_version(
     for name, vocabulary in vocabularies.items():
         files[name] = vocabulary.to_text().encode("utf-8")
     files.update(_table_files(manifest, tables or {}))
+    if retrieval is not None:
+        files[RETRIEVAL_FILE] = retrieval.to_bytes()
     for name, data in (extra_files or {}).items():
         if name in files or name == MANIFEST_FILE or "/" in name or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is taken or not a plain file name")
@@ -168,6 +179,11 @@ def write_version(
     if HISTORY_FILE in files:  # checked as a reader will: a server would refuse the version
         try:
             parse_history(files[HISTORY_FILE], manifest.signature)
+        except VersionError as exc:
+            raise ValueError(str(exc)) from None
+    if RETRIEVAL_FILE in files:  # checked as a reader will, like the history
+        try:
+            parse_retrieval(files[RETRIEVAL_FILE], manifest.signature)
         except VersionError as exc:
             raise ValueError(str(exc)) from None
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}

@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from modelrepo import History, Manifest, PublishedVersion, Source, Vocabulary, two_id_signature
+from modelrepo import (
+    History,
+    Manifest,
+    PublishedVersion,
+    RetrievalVectors,
+    Source,
+    Vocabulary,
+    two_id_signature,
+)
 from modelrepo.layout import HISTORY_FILE, ITEMS_FILE, USERS_FILE, list_versions
 from modelrepo.version import read_version, write_version
 from training.export import model_bytes
@@ -63,11 +71,12 @@ def publish_mlp_version(
     item_ids: Sequence[str],
     *,
     history: History | None = None,
+    retrieval: RetrievalVectors | None = None,
     **records: Any,
 ) -> PublishedVersion:
     """Publish an NCF-MLP version of ``params`` whose embedding row ``i + 1`` is id ``i`` of the
-    vocabulary (row 0: unknown), with the users' ``history`` if given; ``records`` (dataset,
-    hyper-parameters...) go into the manifest."""
+    vocabulary (row 0: unknown), with the users' ``history`` and ``retrieval`` vectors if given;
+    ``records`` (dataset, hyper-parameters...) go into the manifest."""
     signature = two_id_signature(len(user_ids) + 1, len(item_ids) + 1)
     manifest = Manifest.model_validate(
         {"dataset": RANDOM_DATASET, **records, "kind": "mlp", "signature": signature}
@@ -75,7 +84,9 @@ def publish_mlp_version(
     vocabularies = {USERS_FILE: Vocabulary(user_ids), ITEMS_FILE: Vocabulary(item_ids)}
     extra_files = {HISTORY_FILE: history.to_bytes()} if history is not None else None
     graph = model_bytes(params, "mlp")
-    return write_version(repository, model_name, manifest, graph, vocabularies, extra_files)
+    return write_version(
+        repository, model_name, manifest, graph, vocabularies, extra_files, retrieval=retrieval
+    )
 
 
 def publish_random_version(

@@ -8,7 +8,9 @@ NumPy scorer it must agree with.
              + mean of genre_emb over the user's favourite genres,
              item_emb[item] + mean of genre_emb over the item's genres>
 
-Every feature meets the item in the dot product, so each one changes the ranking.
+Every feature meets the item in the dot product, so each one changes the ranking. With
+``attributes=True`` the items also have a brand (categorical) and a year (numeric, standardised),
+added to the item side (``+ brand_emb[brand] + year * year_vec``): attributes to filter by.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ AGE_MEAN, AGE_STD = 35.0, 10.0
 OCCUPATIONS = ["artist", "doctor", "engineer", "student"]
 GENRES = ["action", "comedy", "drama", "horror", "noir", "western"]
 DEVICES = ["desktop", "mobile", "tv"]
+BRANDS = ["acme", "globex", "initech", "umbrella"]
+YEAR_MEAN, YEAR_STD, YEARS = 1990.0, 8.0, (1970, 2010)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class FeatureModel:
     devices: Vocabulary
     user_table: dict[str, np.ndarray]  # by input name, rows of ``users``
     item_table: dict[str, np.ndarray]  # by input name, rows of ``items``
+    years: np.ndarray | None = None  # attributes=True: each item row's raw year (row 0: none)
 
     def scores(
         self,
@@ -93,6 +98,9 @@ class FeatureModel:
         item_vec = w["item_emb"][item_rows] + self._bag_mean(
             self.item_table["item_genres"][item_rows]
         )
+        if "item_brand" in self.item_table:
+            item_vec = item_vec + w["brand_emb"][self.item_table["item_brand"][item_rows]]
+            item_vec = item_vec + self.item_table["item_year"][item_rows] @ w["year_vec"]
         result: np.ndarray = item_vec @ user_vec
         return result
 
@@ -109,7 +117,7 @@ class FeatureModel:
         return [ids[i] for i in order[:k]]
 
 
-def _signature(n_users: int, n_items: int) -> Signature:
+def _signature(n_users: int, n_items: int, attributes: bool = False) -> Signature:
     def ids(name: str, source: Source, n_rows: int, vocabulary: str, **more: object) -> InputSpec:
         return InputSpec.model_validate(
             {"name": name, "role": Role.ID, "source": source, "dtype": "INT64", "shape": (-1,),
@@ -135,9 +143,22 @@ def _signature(n_users: int, n_items: int) -> Signature:
                       feature="favourites"),
             ids("context_device", Source.CONTEXT, len(DEVICES) + 1, "vocab_context_device.txt",
                 feature="device"),
+            *(_attribute_inputs() if attributes else ()),
         ),
         outputs=(OutputSpec(name="score", dtype="FP32", shape=(-1,)),),
         score="score",
+    )  # fmt: skip
+
+
+def _attribute_inputs() -> tuple[InputSpec, ...]:
+    """The item brand (categorical) and year (numeric) of ``attributes=True``."""
+    return (
+        InputSpec(name="item_brand", role=Role.ID, source=Source.ITEM_TABLE, dtype="INT64",
+                  shape=(-1,), n_rows=len(BRANDS) + 1, vocabulary="vocab_item_brand.txt",
+                  table=ITEM_FEATURES_FILE, feature="brand"),
+        InputSpec(name="item_year", role=Role.DENSE, source=Source.ITEM_TABLE, dtype="FP32",
+                  shape=(-1, 1), table=ITEM_FEATURES_FILE, feature="year",
+                  mean=(YEAR_MEAN,), std=(YEAR_STD,)),
     )  # fmt: skip
 
 
@@ -158,6 +179,7 @@ def _bag_mean(bag: str) -> list[NodeProto]:
 
 def _graph(weights: dict[str, np.ndarray]) -> bytes:
     node = helper.make_node
+    attributes = "brand_emb" in weights
     nodes = [
         node("Gather", ["user_emb", "user"], ["u"]),
         node("Gather", ["occupation_emb", "user_occupation"], ["occ"]),
@@ -170,7 +192,17 @@ def _graph(weights: dict[str, np.ndarray]) -> bytes:
         node("Add", ["u3", "user_favourites_mean"], ["user_vec"]),
         node("Gather", ["item_emb", "item"], ["it"]),
         *_bag_mean("item_genres"),
-        node("Add", ["it", "item_genres_mean"], ["item_vec"]),
+        node("Add", ["it", "item_genres_mean"], ["item_vec0" if attributes else "item_vec"]),
+        *(
+            [
+                node("Gather", ["brand_emb", "item_brand"], ["brand"]),
+                node("MatMul", ["item_year", "year_vec"], ["year"]),
+                node("Add", ["item_vec0", "brand"], ["item_vec1"]),
+                node("Add", ["item_vec1", "year"], ["item_vec"]),
+            ]
+            if attributes
+            else []
+        ),
         node("Mul", ["user_vec", "item_vec"], ["product"]),
         node("ReduceSum", ["product", "axis"], ["score"], keepdims=0),
     ]
@@ -189,6 +221,11 @@ def _graph(weights: dict[str, np.ndarray]) -> bytes:
         helper.make_tensor_value_info("item_genres", TensorProto.INT64, ["n", BAG]),
         helper.make_tensor_value_info("context_device", TensorProto.INT64, ["n"]),
     ]
+    if attributes:
+        inputs += [
+            helper.make_tensor_value_info("item_brand", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("item_year", TensorProto.FLOAT, ["n", 1]),
+        ]
     output = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])
     graph = helper.make_graph(nodes, "feature_model", inputs, [output], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -197,9 +234,15 @@ def _graph(weights: dict[str, np.ndarray]) -> bytes:
 
 
 def publish_feature_model(
-    repository: Path, name: str = "features", n_users: int = 12, n_items: int = 30, seed: int = 5
+    repository: Path,
+    name: str = "features",
+    n_users: int = 12,
+    n_items: int = 30,
+    seed: int = 5,
+    attributes: bool = False,
 ) -> FeatureModel:
-    """Publish a feature-model version of ``name``: graph, tables and vocabularies."""
+    """Publish a feature-model version of ``name``: graph, tables and vocabularies (with
+    ``attributes``, the items' brand and year too)."""
     rng = np.random.default_rng(seed)
 
     def emb(rows: int) -> np.ndarray:
@@ -224,6 +267,13 @@ def publish_feature_model(
         for column in table.values():
             column[0] = 0  # row 0, the unknown id: the defaults
     user_table["user_age"] = user_table["user_age"].astype(np.float32)
+    years = None
+    if attributes:  # drawn last: the model without attributes stays the same
+        weights["brand_emb"], weights["year_vec"] = emb(len(BRANDS) + 1), emb(1)
+        years = rng.integers(YEARS[0], YEARS[1] + 1, n_items + 1)
+        item_table["item_brand"] = rng.integers(1, len(BRANDS) + 1, n_items + 1)
+        item_table["item_year"] = ((years - YEAR_MEAN) / YEAR_STD).astype(np.float32)[:, None]
+        item_table["item_brand"][0], item_table["item_year"][0] = 0, 0.0
     vocabularies = {
         USERS_FILE: Vocabulary([f"u{i}" for i in range(1, n_users + 1)]),
         ITEMS_FILE: Vocabulary([f"i{i}" for i in range(1, n_items + 1)]),
@@ -231,11 +281,12 @@ def publish_feature_model(
         "vocab_user_favourites.txt": Vocabulary(GENRES),
         "vocab_item_genres.txt": Vocabulary(GENRES),
         "vocab_context_device.txt": Vocabulary(DEVICES),
+        **({"vocab_item_brand.txt": Vocabulary(BRANDS)} if attributes else {}),
     }
     published = write_version(
         repository,
         name,
-        Manifest(kind="features", signature=_signature(n_users, n_items)),
+        Manifest(kind="features", signature=_signature(n_users, n_items, attributes)),
         _graph(weights),
         vocabularies,
         tables={USER_FEATURES_FILE: user_table, ITEM_FEATURES_FILE: item_table},
@@ -250,6 +301,7 @@ def publish_feature_model(
         devices=vocabularies["vocab_context_device.txt"],
         user_table=user_table,
         item_table=item_table,
+        years=years,
     )
 
 

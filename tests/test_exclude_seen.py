@@ -72,7 +72,8 @@ def client(tmp_path_factory: pytest.TempPathFactory, module_servers: Servers) ->
 def recommend(client: httpx.Client, model: str, **body: Any) -> list[str]:
     response = client.post(f"/v1/models/{model}/recommend", json=body)
     assert response.status_code == 200, response.text
-    assert set(response.json()) == {"model_name", "model_version", "user_id", "items", "unknown"}
+    expected = {"model_name", "model_version", "user_id", "items", "unknown", "mode"}
+    assert set(response.json()) == expected
     return [item["item_id"] for item in response.json()["items"]]
 
 

@@ -31,6 +31,8 @@ FAMILIES = {
     "recserve_model_load_duration_seconds": ("histogram", ("model",)),
     "recserve_model_load_failures": ("counter", ("model",)),
     "recserve_unknown_ids": ("counter", ("model", "version", "kind")),
+    "recserve_retrieval_index_build_seconds": ("gauge", ("model", "version")),
+    "recserve_retrieval_index_bytes": ("gauge", ("model", "version")),
 }
 
 
@@ -79,6 +81,8 @@ def test_gauges_say_how_workers_combine() -> None:
         "recserve_queue_capacity_rows": "livesum",
         "recserve_inflight_requests": "livesum",
         "recserve_model_loaded": "livemax",
+        "recserve_retrieval_index_build_seconds": "livemax",
+        "recserve_retrieval_index_bytes": "livesum",
     }
 
 

@@ -157,6 +157,20 @@ class Metrics:
             ("model",),
             registry=r,
         )
+        self.retrieval_index_build = Gauge(
+            "recserve_retrieval_index_build_seconds",
+            "Time to build the version's retrieval index (two-stage recommend), during its load.",
+            MODEL_LABELS,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.retrieval_index_memory = Gauge(
+            "recserve_retrieval_index_bytes",
+            "Memory the version's retrieval index holds beyond its item vectors.",
+            MODEL_LABELS,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.unknown_ids = Counter(
             "recserve_unknown_ids",
             "Ids not in the version's vocabulary, served from the unknown-id row.",
@@ -231,7 +245,8 @@ class Metrics:
         """
         labels = (model, version)
         self.model_loaded.labels(*labels).set(0)
-        for gauge in (self.queue_rows, self.queue_capacity_rows):
+        retrieval = (self.retrieval_index_build, self.retrieval_index_memory)
+        for gauge in (self.queue_rows, self.queue_capacity_rows, *retrieval):
             gauge.labels(*labels).set(0)
             if not self.shared:
                 gauge.remove(*labels)

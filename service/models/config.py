@@ -1,4 +1,5 @@
-"""A model's optional ``config.json``: version policy, batching overrides, execution, warmup.
+"""A model's optional ``config.json``: version policy, batching overrides, execution, warmup,
+retrieval (two-stage recommend).
 
 The version policy has Triton's shapes: ``{"latest": {"num_versions": N}}`` (default N=1),
 ``{"all": {}}`` or ``{"specific": {"versions": [...]}}``. Unknown keys are refused, so a misspelt
@@ -8,7 +9,7 @@ setting fails the model's load with a reason instead of being ignored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,30 @@ class WarmupConfig(_Strict):
     batch_sizes: tuple[Positive, ...] = DEFAULT_WARMUP_BATCH_SIZES
 
 
+class RetrievalConfig(_Strict):
+    """Two-stage recommend (for versions that ship retrieval vectors): how many candidates the
+    retrieval index returns, which index is built, and when two-stage is the default mode."""
+
+    retrieve_n: int = Field(200, ge=1, description="candidates retrieved when a request names none")
+    max_retrieve_n: int = Field(2000, ge=1, description="the most a request may ask for")
+    two_stage_above_items: int = Field(
+        20_000, ge=0, description="auto mode: two-stage above this many items, exhaustive below"
+    )
+    ann_above_items: int = Field(
+        50_000, ge=0, description="an approximate (IVF) index above this many items, else exact"
+    )
+    ann_lists: int = Field(0, ge=0, description="IVF cells; 0: about sqrt(items)")
+    ann_probes: int = Field(32, ge=1, description="IVF cells scanned per query: recall vs time")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RetrievalConfig:
+        if self.retrieve_n > self.max_retrieve_n:
+            raise ValueError(
+                f"retrieve_n {self.retrieve_n} is above max_retrieve_n {self.max_retrieve_n}"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     """The contents of ``<model>/config.json``; every field is optional."""
 
@@ -112,6 +137,7 @@ class ModelConfig(_Strict):
     batching: BatchingOverrides = Field(default_factory=BatchingOverrides)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
 
 
 @dataclass(frozen=True)
@@ -123,6 +149,7 @@ class EffectiveConfig:
     provider: Provider
     intra_op_threads: int
     warmup_batch_sizes: tuple[int, ...]
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +157,7 @@ class EffectiveConfig:
             "batching": self.batching.model_dump(),
             "execution": {"provider": self.provider, "intra_op_threads": self.intra_op_threads},
             "warmup": {"batch_sizes": list(self.warmup_batch_sizes)},
+            "retrieval": self.retrieval.model_dump(),
         }
 
 
@@ -143,6 +171,7 @@ def resolve(config: ModelConfig, settings: Settings) -> EffectiveConfig:
         provider=config.execution.provider or settings.provider,
         intra_op_threads=settings.ort_intra_op_threads if threads is None else threads,
         warmup_batch_sizes=config.warmup.batch_sizes,
+        retrieval=config.retrieval,
     )
 
 

@@ -1,4 +1,5 @@
-"""Loading one version directory: read and check it, open a session, fit it to its signature, warm.
+"""Loading one version directory: read and check it, build its retrieval index, open a session,
+fit it to its signature, warm.
 
 Runs in a worker thread. The version is read only through :func:`modelrepo.read_version`, which
 checks every file against the manifest. Every way a version can be unfit to serve raises
@@ -17,6 +18,7 @@ from pathlib import Path
 from modelrepo import StoredVersion, VersionError, read_version
 from service.errors import ModelLoadError
 from service.models.config import EffectiveConfig
+from service.retrieval.build import BuiltIndex, IndexSettings, build_index
 from service.runtime.conformance import check_graph
 from service.runtime.provider import choose_provider
 from service.runtime.session import Runtime
@@ -36,6 +38,8 @@ class PreparedVersion:
     stored: StoredVersion
     runtime: Runtime
     load_seconds: float
+    index: BuiltIndex | None = None
+    """The retrieval index over the version's item vectors; None where it ships none."""
 
 
 def prepare_version(
@@ -63,6 +67,14 @@ def prepare_version(
     except VersionError as exc:
         raise ModelLoadError(str(exc)) from None
     checkpoint()
+    index = None
+    if stored.retrieval is not None:  # built before the version serves: ready means searchable
+        retrieval = config.retrieval
+        settings = IndexSettings(
+            retrieval.ann_above_items, retrieval.ann_lists, retrieval.ann_probes
+        )
+        index = build_index(stored.retrieval, settings, str(path))
+        checkpoint()
     provider = choose_provider(config.provider, device_id).provider
     runtime = Runtime(
         stored.model,
@@ -85,7 +97,7 @@ def prepare_version(
         between=checkpoint,
         largest=config.batching.max_batch_rows if config.warmup_batch_sizes else 0,
     )
-    return PreparedVersion(stored, runtime, time.monotonic() - started)
+    return PreparedVersion(stored, runtime, time.monotonic() - started, index)
 
 
 def _never() -> bool:

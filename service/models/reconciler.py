@@ -272,6 +272,10 @@ class Reconciler:
             loaded = ServedVersion(model.name, version, prepared, config, self._metrics)
             self._metrics.model_load_duration.labels(model.name).observe(prepared.load_seconds)
             self._metrics.model_loaded.labels(model.name, str(version)).set(1)
+            if prepared.index is not None:
+                labels = (model.name, str(version))
+                self._metrics.retrieval_index_build.labels(*labels).set(prepared.index.seconds)
+                self._metrics.retrieval_index_memory.labels(*labels).set(prepared.index.index.nbytes)
             log.info(
                 "loaded model '%s' version %d on %s in %.2f s",
                 model.name,

@@ -13,7 +13,9 @@ model's business, not the caller's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
 import numpy as np
@@ -26,6 +28,7 @@ from service.metrics.families import Metrics
 from service.metrics.stats import VersionStats
 from service.models.config import EffectiveConfig
 from service.models.loader import PreparedVersion
+from service.retrieval.build import BuiltIndex
 from service.runtime.conformance import signature_specs
 from service.runtime.session import KSERVE_TO_NUMPY
 
@@ -49,6 +52,7 @@ class ServedVersion:
         self.manifest: Manifest = prepared.stored.manifest
         self.signature: Signature = self.manifest.signature
         self.history: History | None = prepared.stored.history  # what /v1 leaves out as seen
+        self.retrieval: BuiltIndex | None = prepared.index  # two-stage recommend's first stage
         # Feature tables by file, then input name: where /v1 finds the user's and items' features.
         self.tables: Mapping[str, Mapping[str, np.ndarray]] = prepared.stored.tables
         self.config = config
@@ -56,6 +60,9 @@ class ServedVersion:
         self.stats = VersionStats(name, str(version))
         self.inputs, self.outputs = signature_specs(self.signature)
         self.replaced_by: ServedVersion | None = None  # set when reloaded in place
+        self._holders = 0  # requests awaiting between finding this version and queueing on it
+        self._unheld = asyncio.Event()
+        self._unheld.set()
         self._runtime = prepared.runtime
         self._metrics = metrics
         self._vocabularies = {
@@ -144,8 +151,25 @@ class ServedVersion:
         ids, ``<field>:<feature>`` for a feature value a ``/v1`` request sent."""
         self._metrics.unknown_ids.labels(self.name, str(self.version), kind).inc(n)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep this version from closing while a request that found it awaits something before
+        it queues (two-stage recommend's retrieval runs in a thread): a retirement waits for it,
+        so that a hot swap fails no request. Queue without awaiting after leaving the block."""
+        self._holders += 1
+        self._unheld.clear()
+        try:
+            yield
+        finally:
+            self._holders -= 1
+            if self._holders == 0:
+                self._unheld.set()
+
     async def close(self, grace_s: float) -> None:
-        """Finish queued requests (within ``grace_s``), then release the session."""
+        """Wait for the requests holding it, finish queued requests (each within ``grace_s``),
+        then release the session."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unheld.wait(), grace_s)
         await self._batcher.drain(grace_s)
         self._runtime.close()
 

@@ -20,8 +20,10 @@ from modelrepo import UNKNOWN_ROW, InputSpec, Source, Vocabulary
 from service.errors import InvalidInput
 from service.v1.feature_values import Encoded
 from service.v1.features import SideInputs, sent_values, side_feeds, side_inputs
+from service.v1.filters import keep_mask, require_survivors
 from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
+from service.v1.two_stage import Mode, retrieved, serving_mode
 
 if TYPE_CHECKING:
     from service.models.served import ServedVersion
@@ -108,12 +110,15 @@ class Recommendation:
     scores: list[float]
     unknown_user: bool
     unknown_items: list[str]
+    mode: Mode = Mode.EXHAUSTIVE
 
 
 async def recommend(version: ServedVersion, request: RecommendRequest) -> Recommendation:
     """Top-k items for one user over the candidates (default: the whole catalog), best first."""
     feeding = feeding_of(version)
     sent = feeding.sent(version, request)
+    keep = keep_mask(version, request.filters)  # by item row; None: no filters
+    mode = serving_mode(version, request, feeding.items.n_rows - 1)
     user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
     unknown_items: list[str] = []
     tie_rank: np.ndarray | None = None  # for the catalog, computed once; for candidates, no need
@@ -125,15 +130,22 @@ async def recommend(version: ServedVersion, request: RecommendRequest) -> Recomm
         candidate_ids = list(dict.fromkeys(request.candidates))  # first occurrence wins
         rows, unknown_items = version.rows(feeding.item, candidate_ids)
         ids = np.array(candidate_ids, dtype=object)
+    if keep is not None:
+        require_survivors(keep, None if request.candidates is None else rows, feeding.where)
     kept: np.ndarray | None = None  # positions in ``ids`` of the rows left; None: all of them
     left_out = _left_out(version, feeding, request, int(user_rows[0]))
-    if left_out.size:
-        kept = _surviving(rows, left_out, feeding.items.n_rows)
+    if mode is Mode.TWO_STAGE:  # the retrieved candidates, positions in the catalog
+        kept = await retrieved(version, request, int(user_rows[0]), left_out)
+        if keep is not None:  # the filters, on the retrieved candidates
+            kept = kept[keep[rows[kept]]]
+    elif left_out.size or keep is not None:
+        kept = _surviving(rows, left_out, feeding.items.n_rows, keep)
+    if kept is not None:
         rows = rows[kept]  # ``ids`` stays whole: a million-item object array is slow to copy
         tie_rank = None if tie_rank is None else tie_rank[kept]
         items = None  # gathered for the rows left
     if rows.size == 0:
-        return Recommendation([], [], bool(unknown_users), unknown_items)
+        return Recommendation([], [], bool(unknown_users), unknown_items, mode)
     outputs = await version.infer(feeding.feeds(user_rows[0], rows, sent, items))
     scores = outputs[feeding.score]
     if tie_rank is None:
@@ -142,7 +154,7 @@ async def recommend(version: ServedVersion, request: RecommendRequest) -> Recomm
         best = top_k(scores, tie_rank, request.k)
     picked = best if kept is None else kept[best]
     return Recommendation(
-        ids[picked].tolist(), scores[best].tolist(), bool(unknown_users), unknown_items
+        ids[picked].tolist(), scores[best].tolist(), bool(unknown_users), unknown_items, mode
     )
 
 
@@ -161,12 +173,15 @@ def _left_out(
     return rows
 
 
-def _surviving(rows: np.ndarray, left_out: np.ndarray, n_rows: int) -> np.ndarray:
-    """Positions of ``rows`` not in ``left_out``, through a table over every item row: one pass
-    over the rows and no sort (the mask costs a fifth of ``np.isin``'s at a million items)."""
-    dropped = np.zeros(n_rows, dtype=bool)
-    dropped[left_out] = True
-    return np.flatnonzero(~dropped[rows])
+def _surviving(
+    rows: np.ndarray, left_out: np.ndarray, n_rows: int, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """Positions of ``rows`` not in ``left_out`` and kept by the filters' ``keep`` (a fresh mask
+    by item row, changed here), through a table over every item row: one pass over the rows and
+    no sort (the mask costs a fifth of ``np.isin``'s at a million items)."""
+    kept = np.ones(n_rows, dtype=bool) if keep is None else keep
+    kept[left_out] = False
+    return np.flatnonzero(kept[rows])
 
 
 async def score(

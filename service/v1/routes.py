@@ -78,6 +78,7 @@ async def _recommend(served: ServedVersion, body: bytes) -> dict[str, Any]:
             for item, value in zip(result.item_ids, result.scores, strict=True)
         ],
         "unknown": {"user_id": result.unknown_user, "item_ids": result.unknown_items},
+        "mode": result.mode.value,
     }
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -16,6 +17,8 @@ from pydantic import (
 MAX_K = 1000
 MAX_ITEMS = 10_000
 MAX_ID_CHARS = 256
+MAX_FILTERS = 32
+MAX_FILTER_VALUES = 1000
 
 # As the schema says it: a string, or an integer whose decimal string fits the same limit.
 _RAW_ID_SCHEMA = {
@@ -118,6 +121,65 @@ class _IdRequest(BaseModel):
         return {**data, **converted} if converted else data
 
 
+FilterValue = Annotated[
+    str,
+    BeforeValidator(_id_to_str),
+    StringConstraints(min_length=1, max_length=MAX_ID_CHARS),
+    WithJsonSchema(_RAW_ID_SCHEMA),
+]
+"""A categorical value a filter names; an integer is read as its decimal string."""
+
+
+class ItemFilter(BaseModel):
+    """One filter on an item attribute (an item feature of the version): keep the items whose
+    value is among ``any_of``, drop those among ``none_of`` (a categorical or multi-hot feature),
+    or keep those within ``[min, max]`` (a numeric one, in raw units). What each attribute takes
+    is checked against the version's signature when the request is served."""
+
+    feature: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, description="The item feature's name."
+    )
+    any_of: list[FilterValue] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FILTER_VALUES,
+        description="Keep items with at least one of these values.",
+    )
+    none_of: list[FilterValue] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FILTER_VALUES,
+        description="Drop items with any of these values.",
+    )
+    min: float | None = Field(
+        None, strict=True, allow_inf_nan=False, description="Keep items >= this (inclusive)."
+    )
+    max: float | None = Field(
+        None, strict=True, allow_inf_nan=False, description="Keep items <= this (inclusive)."
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"feature": "genres", "any_of": ["Comedy", "Drama"]}]},
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ItemFilter:
+        values = self.any_of is not None or self.none_of is not None
+        bounds = self.min is not None or self.max is not None
+        if values == bounds:
+            raise ValueError(
+                f"the filter on '{self.feature[:64]}' takes 'any_of' and/or 'none_of' (values), "
+                "or 'min' and/or 'max' (a range), and not both kinds"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"the filter on '{self.feature[:64]}': 'min' {self.min:g} is above 'max' "
+                f"{self.max:g}"
+            )
+        return self
+
+
 class RecommendRequest(_IdRequest):
     ID_FIELDS = ("user_id", "candidates", "exclude")
 
@@ -141,6 +203,39 @@ class RecommendRequest(_IdRequest):
             "(published with it); `exclude` applies on top. False returns them too. Versions "
             "without a published history (imported models) and unknown users have none."
         ),
+    )
+    mode: Literal["exhaustive", "two_stage"] | None = Field(
+        None,
+        description=(
+            "How the catalog is searched when no `candidates` are sent. `exhaustive`: the ranking "
+            "model scores every item. `two_stage`: the version's retrieval index picks "
+            "`retrieve_n` items (seen and excluded ones left out), the ranking model ranks them; "
+            "only for versions that ship retrieval vectors. Default: two-stage when the version "
+            "has them and its catalog is above its config's `retrieval.two_stage_above_items`, "
+            "else exhaustive. The response's `mode` says which served."
+        ),
+    )
+    retrieve_n: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description=(
+            "Two-stage: how many items the retrieval stage hands to the ranking model (at least "
+            "`k` are asked for). Default and bound: the model config's `retrieval.retrieve_n` and "
+            "`retrieval.max_retrieve_n` (200 and 2000 unless set); above the bound: 400."
+        ),
+    )
+    filters: list[ItemFilter] | None = Field(
+        None,
+        max_length=MAX_FILTERS,
+        description=(
+            "Filters on item attributes (the version's item features), all of which an item must "
+            "pass, applied before ranking to the catalog and to `candidates`. A value the "
+            "attribute's vocabulary does not hold matches nothing. An attribute the version does "
+            "not have, or a filter of the wrong kind for it: 400 naming the filter; filters that "
+            "leave no item: 400."
+        ),
+        examples=[[{"feature": "genres", "any_of": ["Comedy"]}, {"feature": "year", "min": 1990}]],
     )
     user_features: UserFeatures = None
     context: Context = None
@@ -183,6 +278,12 @@ class RecommendResponse(BaseModel):
     user_id: str
     items: list[ScoredItem] = Field(description="Best first; ties broken by item id.")
     unknown: UnknownIds
+    mode: Literal["exhaustive", "two_stage", "candidates"] = Field(
+        description=(
+            "What served it: the whole catalog ranked, retrieval then ranking, or the request's "
+            "`candidates` ranked."
+        )
+    )
 
 
 class ScoreResponse(BaseModel):
