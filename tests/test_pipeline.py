@@ -52,6 +52,7 @@ def test_run_publishes_a_complete_version(tmp_path: Path) -> None:
         "items.txt",
         "metadata.json",
         "model.onnx",
+        "retrieval.npz",
         "training_curve.png",
         "users.txt",
     ]

@@ -33,6 +33,7 @@ from training.pipeline import (
     run_pipeline,
     summary,
 )
+from training.retrieval_flags import add_retrieval_arguments, retrieval_options
 from training.train import TrainConfig
 
 REPOSITORY_ENV = "RECSERVE_MODEL_REPOSITORY"  # the server's: both agree where a shell sets it
@@ -67,6 +68,8 @@ _TRAIN_HELP: dict[str, str | None] = {
     "patience": "epochs without improvement to stop",
     "seed": "seed of split and training",
     "unknown_rate": "share of ids replaced by the unknown-id row in training",
+    "recency_weight": "weight a user's positives by their place in the user's history, latest "
+    "most: the i-th of n weighs (i/n)^P, scaled to average 1 per user (0: all weigh 1)",
     "threads": "BLAS threads while training (default 1: more gain little and thrash on busy "
     "cores; 0: the library default)",
 }
@@ -106,6 +109,7 @@ FLAG_RULES: dict[str, Rule] = {
     "patience": _at_least(0),
     "threads": _at_least(0),
     "unknown_rate": _RATE,
+    "recency_weight": _NOT_NEGATIVE,
 }
 """Every numeric flag with a range, checked before any configuration is built: a refusal names
 the flag and the value, where the configuration's own check would print the whole object."""
@@ -209,6 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on all interactions for the chosen epochs",
     )
     add_feature_arguments(parser)
+    add_retrieval_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -232,6 +237,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         refit=args.refit,
         features=feature_options(args),
         cold_start_users=args.cold_start_users,
+        retrieval=retrieval_options(args),
     )
 
 

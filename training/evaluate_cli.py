@@ -41,6 +41,7 @@ from training.exits import EXIT_OK, EXIT_USAGE, command_parser, fail, positive_i
 from training.pipeline import SYNTHETIC_PRESETS
 from training.split import Split, leave_one_out
 from training.train import TrainConfig
+from training.two_stage import DotIndex, evaluate_two_stage, report_lines
 
 DEFAULT_NEGATIVES = 99  # what leave_one_out holds out against when the version records nothing
 RUN_ROWS = 1 << 16  # rows per ONNX Runtime call: bounds the memory of a large candidate set
@@ -71,6 +72,7 @@ class Report:
     negatives: int
     scored: tuple[Scored, ...]
     popularity: Metrics
+    two_stage: dict[str, Any] | None = None  # --full-catalog: ``training.two_stage``
 
 
 def _step(value: Any, key: str) -> Any:
@@ -201,7 +203,27 @@ def run_evaluation(args: argparse.Namespace) -> Report:
         number = int(version.path.name)
         scored.append(Scored(number, metrics, recorded, unknown_users, unknown_items, refit))
     popularity = evaluate(Popularity(split.item_counts(), split.n_users), split.test, args.k)
-    return Report(args.model, data, seed, negatives, tuple(scored), popularity)
+    two_stage = None
+    if args.full_catalog:
+        two_stage = full_catalog(stored[0], OnnxScorer(stored[0], data, args.threads), split, args)
+    return Report(args.model, data, seed, negatives, tuple(scored), popularity, two_stage)
+
+
+def full_catalog(
+    stored: StoredVersion, scorer: OnnxScorer, split: Split, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Both modes on the version as published (its graph, its retrieval vectors) and popularity,
+    on the whole catalog and on the sampled candidates (``training.two_stage``)."""
+    if stored.retrieval is None:
+        raise EvaluationError(
+            f"version {stored.path.name} publishes no retrieval vectors: --full-catalog compares "
+            "two-stage with exhaustive ranking through them"
+        )
+    index = DotIndex.from_rows(stored.retrieval, scorer.user_rows, scorer.item_rows)
+    popularity = split.item_counts().astype(np.float64)
+    return evaluate_two_stage(
+        scorer, index, popularity, split, retrieve_n=args.retrieve_n, k=args.k
+    )
 
 
 # -- showing -------------------------------------------------------------------------------------
@@ -234,6 +256,7 @@ def as_json(report: Report) -> dict[str, Any]:
             for s in report.scored
         ],
         "popularity": _figures(report.popularity),
+        "two_stage": report.two_stage,
     }
 
 
@@ -253,6 +276,11 @@ def table(report: Report) -> str:
             label = "  its run's evaluated" if s.refit else "  as its run reported"
             lines.append(row.format(label, *s.recorded.values()))
     lines.append(row.format("popularity", *_figures(report.popularity).values()))
+    if report.two_stage is not None:
+        lines += [
+            f"version {report.scored[0].version}, two-stage:",
+            *report_lines(report.two_stage, k),
+        ]
     for s in report.scored:
         if s.refit and s.recorded is not None:
             lines.append(
@@ -289,6 +317,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     protocol.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads (0: one per core)"
+    )
+    protocol.add_argument(
+        "--full-catalog",
+        action="store_true",
+        help="also rank each held-out item against every item the user has not seen, "
+        "exhaustively, two-stage through the version's retrieval vectors, and by popularity",
+    )
+    protocol.add_argument(
+        "--retrieve-n", type=positive_int, default=200, help="two-stage: candidates retrieved"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object, for machines")
 

@@ -42,6 +42,7 @@ from training.graph_check import graph_and_parity
 from training.models import ModelConfig
 from training.plot import CurveLabels, plot_history
 from training.refit import ConcurrentRefit, Refit
+from training.retrieval import RetrievalOptions, build_retrieval, retrieval_lines
 from training.split import Split, leave_one_out
 from training.train import TrainConfig, TrainResult, scorer, train
 
@@ -81,6 +82,7 @@ class PipelineConfig:
     refit: bool = True  # publish a model refit on all interactions, not the evaluated one
     features: FeatureOptions | None = None  # side-feature files (``training.feature_inputs``)
     cold_start_users: float = 0.0  # share of users held out of training (``training.cold_start``)
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)  # its vectors
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,10 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         refit = beside.result(result.best_epoch) if beside is not None else None
     extra = side_records(side, cold, result.model, popularity, data.item_ids, config.train.seed)
     published_model = refit.model if refit is not None else result.model
+    retrieval = build_retrieval(config.retrieval, split, everything if refit else None,
+                                (result.model, published_model), config.train,
+                                popularity.probability)  # fmt: skip
+    extra = {**extra, "retrieval": retrieval.record}
     if refit is not None:
         _say(
             stream,
@@ -199,6 +205,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         {**vocabularies(signature, data), **side.vocabularies},
         extra_files,
         side.tables,
+        retrieval=retrieval.vectors,
     )
     if published.version != version:
         stream.write(
@@ -383,6 +390,7 @@ def summary(result: PipelineResult) -> str:
         f"  lift           {model.hr - pop.hr:+.4f} {model.ndcg - pop.ndcg:+.4f}",
         f"parity max |ONNX - NumPy| = {result.parity_error:.2e}",
         *report_lines(records),
+        *retrieval_lines(records),
     ]
     if CURVE_FILE in result.manifest.files:
         lines.append(f"training curve: {result.published.path / CURVE_FILE}")
