@@ -69,6 +69,7 @@ CONFIGS: tuple[Config, ...] = (
     Config("mf-l2-5e-5", "--l2 5e-5", "less L2: overfits sooner"),
     Config("mf-l2-1.5e-4", "--l2 1.5e-4", "more L2: underfits"),
     Config("mf-neg-6", "--negatives 6", "more negatives: slower, no gain"),
+    Config("mf-recency-4", "--recency-weight 4", "recency-weighted positives: NDCG up, HR a tie"),
 )
 
 

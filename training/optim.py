@@ -192,13 +192,15 @@ def train_step(
     items: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> float:
     """Forward, loss, backward and one optimizer step on a mini-batch of embedding rows.
 
-    Returns the batch's objective: mean binary cross-entropy plus the L2 term.
+    Returns the batch's objective: mean (``weights``-weighted) binary cross-entropy plus the L2
+    term.
     """
     logits, cache = model.forward(users, items, train=True, rng=rng)
-    loss, dlogits = bce_with_logits(logits, labels)
+    loss, dlogits = bce_with_logits(logits, labels, weights)
     loss += model.regularization(cache)
     optimizer.step(model.backward(cache, dlogits))
     return loss

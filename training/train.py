@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     unknown_rate: float = 0.01
     threads: int = 1  # BLAS threads while training; 0 leaves the library's default
+    recency_weight: float = 0.0  # exponent of the positives' recency weights; 0: all weigh 1
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.negatives < 1 or self.epochs < 1:
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"invalid training configuration: {self}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not (math.isfinite(self.recency_weight) and self.recency_weight >= 0.0):
+            raise ValueError(f"recency_weight must be finite and >= 0, got {self.recency_weight}")
 
     def epoch_lr(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (1-based): ``lr`` decayed once per epoch before.
@@ -101,6 +104,30 @@ def scorer(model: Model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return score
 
 
+def recency_weights(users: np.ndarray, power: float) -> np.ndarray:
+    """Per-positive loss weights that grow with the interaction's place in its user's history.
+
+    ``users`` lists each user's positives oldest first (the split orders them by timestamp; the
+    refit appends the hold-outs, later still). The ``i``-th of a user's ``n`` positives (1-based)
+    weighs ``(i / n) ** power``, scaled so that each user's weights average 1: a user's share of
+    the loss stays as it was, but within it what they did lately counts more, since that is what
+    best predicts what they do next. ``power`` 0 weighs every positive 1.
+    """
+    if users.size == 0:
+        return np.ones(0, np.float32)
+    order = np.argsort(users, kind="stable")
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    lengths = np.diff(np.r_[starts, sorted_users.size])
+    first = np.repeat(starts, lengths)
+    length = np.repeat(lengths, lengths).astype(np.float64)
+    raw = ((np.arange(sorted_users.size) - first + 1) / length) ** power
+    totals = np.add.reduceat(raw, starts)
+    weights = np.empty(users.size, np.float32)
+    weights[order] = raw * (length / np.repeat(totals, lengths))
+    return weights
+
+
 def epoch_samples(
     split: Split,
     sampler: NegativeSampler,
@@ -109,6 +136,26 @@ def epoch_samples(
     unknown_rate: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffled (user rows, item rows, labels) for one epoch: positives plus fresh negatives."""
+    users, items, labels, _ = weighted_epoch_samples(
+        split, sampler, rng, negatives, unknown_rate, None
+    )
+    return users, items, labels
+
+
+def weighted_epoch_samples(
+    split: Split,
+    sampler: NegativeSampler,
+    rng: np.random.Generator,
+    negatives: int,
+    unknown_rate: float,
+    positive_weights: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``epoch_samples`` and each sample's loss weight: ``positive_weights`` (one per training
+    positive) for positives, 1 for negatives; None when ``positive_weights`` is None.
+
+    Negatives keep weight 1: giving each the weight of the positive it was drawn for measured
+    worse on MovieLens 100K (``bench/README.md``), as it also mutes the old items' negatives.
+    """
     pos_users, pos_items = split.train_users, split.train_items
     neg_items = sampler.sample(rng, pos_users, negatives).reshape(-1)
     neg_users = np.repeat(pos_users, negatives)
@@ -119,10 +166,15 @@ def epoch_samples(
     labels[: pos_users.size] = 1.0
     order = rng.permutation(users.size)
     users, items, labels = users[order], items[order], labels[order]
+    weights: np.ndarray | None = None
+    if positive_weights is not None:
+        weights = np.ones(users.size, dtype=np.float32)
+        weights[: pos_users.size] = positive_weights
+        weights = weights[order]
     if unknown_rate > 0:
         users[rng.random(users.size) < unknown_rate] = UNKNOWN_ROW
         items[rng.random(items.size) < unknown_rate] = UNKNOWN_ROW
-    return users, items, labels
+    return users, items, labels, weights
 
 
 def _optimizer(model: Model, config: TrainConfig) -> Adam | SGD:
@@ -160,14 +212,19 @@ class EpochLoop:
         self.sampler = NegativeSampler(
             split.train_users, split.train_items, split.n_users, split.n_items
         )
+        self.weights = (
+            recency_weights(split.train_users, config.recency_weight)
+            if config.recency_weight > 0
+            else None
+        )
 
     def run_epoch(self, epoch: int, *, quiet: bool, stream: TextIO) -> tuple[float, int, float]:
         """Train one epoch; returns (mean loss, samples, seconds spent training)."""
         config, model = self.config, self.model
         t0 = time.perf_counter()
         self.optimizer.lr = config.epoch_lr(epoch)
-        users, items, labels = epoch_samples(
-            self.split, self.sampler, self.rng, config.negatives, config.unknown_rate
+        users, items, labels, weights = weighted_epoch_samples(
+            self.split, self.sampler, self.rng, config.negatives, config.unknown_rate, self.weights
         )
         bar = ProgressBar(
             users.size, f"epoch {epoch}/{config.epochs}", stream=stream, enabled=not quiet
@@ -182,6 +239,7 @@ class EpochLoop:
                 items[start:stop],
                 labels[start:stop],
                 self.rng,
+                None if weights is None else weights[start:stop],
             )
             total_loss += loss * (stop - start)
             bar.update(stop, total_loss / stop)
