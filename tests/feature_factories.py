@@ -28,6 +28,7 @@ from modelrepo import (
     Manifest,
     OutputSpec,
     PublishedVersion,
+    RetrievalVectors,
     Role,
     Signature,
     Source,
@@ -240,9 +241,10 @@ def publish_feature_model(
     n_items: int = 30,
     seed: int = 5,
     attributes: bool = False,
+    retrieval: RetrievalVectors | None = None,
 ) -> FeatureModel:
     """Publish a feature-model version of ``name``: graph, tables and vocabularies (with
-    ``attributes``, the items' brand and year too)."""
+    ``attributes``, the items' brand and year too; with ``retrieval``, those vectors)."""
     rng = np.random.default_rng(seed)
 
     def emb(rows: int) -> np.ndarray:
@@ -290,6 +292,7 @@ def publish_feature_model(
         _graph(weights),
         vocabularies,
         tables={USER_FEATURES_FILE: user_table, ITEM_FEATURES_FILE: item_table},
+        retrieval=retrieval,
     )
     return FeatureModel(
         published,

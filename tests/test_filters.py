@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from modelrepo import RetrievalVectors
 from service.v1.filters import keep_mask
 from service.v1.recommend import feeding_of
 from service.v1.schemas import ItemFilter
@@ -27,8 +28,13 @@ from tests.model_tools import run, serving
 from tests.reliability_tools import metric_value
 from tests.server_process import ServerProcess, Servers
 
-MODEL, PLAIN = "attrs", "plain"
+MODEL, PLAIN, STAGED = "attrs", "plain", "staged"
 N_ITEMS = 60
+# The retrieval vectors of the two-stage copy of the feature model (8 dimensions, random).
+RETRIEVAL = RetrievalVectors(
+    np.random.default_rng(11).normal(size=(13, 8)).astype(np.float32),
+    np.random.default_rng(12).normal(size=(N_ITEMS + 1, 8)).astype(np.float32),
+)
 DEVICE = {"device": "tv"}
 
 
@@ -46,6 +52,8 @@ def setup(module_servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> 
     model = publish_feature_model(root, MODEL, n_items=N_ITEMS, seed=8, attributes=True)
     params = random_params(4, 6, seed=2)
     publish_mlp_version(root, PLAIN, params, ["a", "b", "c"], ["x", "y", "z", "w", "v"])
+    publish_feature_model(root, STAGED, n_items=N_ITEMS, seed=8, attributes=True,
+                          retrieval=RETRIEVAL)  # fmt: skip
     # Requests wait up to 5 ms for others, so that the concurrent ones share batches; a traceback
     # in the server's log fails the module.
     batching = {"poll_interval_s": 0, "max_queue_delay_us": 5000}
@@ -119,6 +127,27 @@ def catalog(model: FeatureModel) -> list[str]:
 
 
 # -- each kind of filter, and together ---------------------------------------------------------
+
+
+def test_two_stage_asks_the_index_for_more_until_k_items_survive_the_filters(
+    setup: Served, client: httpx.Client
+) -> None:
+    """A filter keeping about a quarter of the catalog, with ``retrieve_n`` = ``k``: the first
+    ``k`` retrieved items rarely all pass, so the index is asked again; what is ranked is the
+    first ``retrieve_n`` survivors in retrieval order, exactly."""
+    model, brand = setup.model, {"feature": "brand", "any_of": ["acme"]}
+    for user in ("u1", "u7", "nobody"):
+        row = model.users.row(user)  # the unknown user retrieves with row 0's vector
+        order = np.argsort(-(RETRIEVAL.item_vectors[1:] @ RETRIEVAL.user_vectors[row]))
+        retrieved = [model.items.ids[i] for i in order]
+        wanted = survivors(model, retrieved, [brand])[:5]
+        assert len(wanted) == 5
+        body = {"user_id": user, "k": 5, "mode": "two_stage", "retrieve_n": 5,
+                "filters": [brand], "context": DEVICE, "exclude_seen": False}  # fmt: skip
+        answer = post(client, body, STAGED)
+        assert answer.json()["mode"] == "two_stage"
+        check(answer, best(model, user, wanted, 5))
+
 
 KINDS: list[dict[str, Any]] = [
     {"feature": "genres", "any_of": ["comedy", "drama"]},

@@ -275,7 +275,9 @@ class Reconciler:
             if prepared.index is not None:
                 labels = (model.name, str(version))
                 self._metrics.retrieval_index_build.labels(*labels).set(prepared.index.seconds)
-                self._metrics.retrieval_index_memory.labels(*labels).set(prepared.index.index.nbytes)
+                self._metrics.retrieval_index_memory.labels(*labels).set(
+                    prepared.index.index.nbytes
+                )
             log.info(
                 "loaded model '%s' version %d on %s in %.2f s",
                 model.name,

@@ -135,9 +135,7 @@ async def recommend(version: ServedVersion, request: RecommendRequest) -> Recomm
     kept: np.ndarray | None = None  # positions in ``ids`` of the rows left; None: all of them
     left_out = _left_out(version, feeding, request, int(user_rows[0]))
     if mode is Mode.TWO_STAGE:  # the retrieved candidates, positions in the catalog
-        kept = await retrieved(version, request, int(user_rows[0]), left_out)
-        if keep is not None:  # the filters, on the retrieved candidates
-            kept = kept[keep[rows[kept]]]
+        kept = await retrieved(version, request, int(user_rows[0]), left_out, keep)
     elif left_out.size or keep is not None:
         kept = _surviving(rows, left_out, feeding.items.n_rows, keep)
     if kept is not None:

@@ -8,8 +8,9 @@ when the version ships retrieval vectors and its catalog has more items than its
 million items), exhaustive otherwise (the whole catalog ranked: the exact answer, cheap enough).
 
 The retrieval stage (:func:`retrieved`) asks the index for ``retrieve_n`` items plus as many as
-are left out, drops the left-out ones and keeps the ``retrieve_n`` best of the rest, so that a
-user's long history does not crowd the candidates out. The ranking stage is the exhaustive path's
+are left out, drops the left-out and filtered ones and keeps the ``retrieve_n`` best of the rest
+(asking again for more when filters leave too few), so that neither a user's long history nor a
+selective filter crowds the candidates out. The ranking stage is the exhaustive path's
 own, over the survivors: same feeds, same batcher, same tie-break.
 """
 
@@ -62,21 +63,37 @@ def serving_mode(version: ServedVersion, request: RecommendRequest, n_items: int
 
 
 async def retrieved(
-    version: ServedVersion, request: RecommendRequest, user_row: int, left_out: np.ndarray
+    version: ServedVersion,
+    request: RecommendRequest,
+    user_row: int,
+    left_out: np.ndarray,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions in the version's catalog (item row - 1) of the candidates to rank, best
-    retrieved first: at most ``retrieve_n`` (at least ``k``), none of ``left_out``."""
+    retrieved first: at most ``retrieve_n`` (at least ``k``), none of ``left_out`` and only
+    rows the filters' ``keep`` mask (by item row) keeps.
+
+    The index is asked for ``retrieve_n`` plus the left-out items; when the filters then leave
+    fewer than wanted, it is asked again for four times as many, up to the whole catalog, so that
+    a selective filter still gets ``k`` items whenever ``k`` survive it."""
     built = version.retrieval
     if built is None:  # serving_mode refuses two_stage first
         raise InvalidInput(f"model '{version.name}' has no retrieval index")
     wanted = max(request.retrieve_n or version.config.retrieval.retrieve_n, request.k)
-    asked = min(wanted + int(left_out.size), built.index.n_items)
+    n_items = built.index.n_items
+    asked = min(wanted + int(left_out.size), n_items)
     user = built.vectors.user_vectors[user_row]  # row 0: the unknown user's vector
-    # Off the event loop (an exact search over a large catalog takes milliseconds), holding the
-    # version open: the caller queues on it without awaiting anything else first.
-    with version.held():
-        rows = await asyncio.to_thread(built.index.search, user, asked)
-    if left_out.size:
-        rows = rows[~np.isin(rows, left_out)]
+    while True:
+        # Off the event loop (an exact search over a large catalog takes milliseconds), holding
+        # the version open: the caller queues on it without awaiting anything else first.
+        with version.held():
+            rows = await asyncio.to_thread(built.index.search, user, asked)
+        if left_out.size:
+            rows = rows[~np.isin(rows, left_out)]
+        if keep is not None:
+            rows = rows[keep[rows]]
+        if rows.size >= wanted or asked >= n_items or keep is None:
+            break
+        asked = min(4 * asked, n_items)
     positions: np.ndarray = rows[:wanted] - (UNKNOWN_ROW + 1)  # catalog rows are 1 .. n - 1
     return positions
