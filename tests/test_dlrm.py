@@ -77,6 +77,7 @@ def test_every_parameter_gradient_matches_finite_differences(
     assert set(grads) == set(model.params)
     # Embedding gradients are sparse over the rows looked up (a bag's non-zero entries).
     looked_up = {"user_emb": cache.users, "item_emb": cache.items}
+    looked_up |= {"user_bias": cache.users, "item_bias": cache.items}
     for feature in model.features:
         rows = cache.feeds[feature.name]
         if feature.role is Role.MULTI_HOT:
@@ -180,16 +181,21 @@ def test_parameters_signature_and_initialisation() -> None:
     model = build_model(dataclasses.replace(CONFIG, embedding_dim=8), 7, 6, 0, FEATURE_SETS["all"])
     shapes = {name: value.shape for name, value in model.params.items()}
     # Vectors: user, item, occupation, genres, bottom MLP -> 10 products, after 8 dense values.
+    # The output layer reads the tower's 4 outputs, then the MF head: 8 products, 2 biases.
     assert shapes == {
         "user_emb": (7, 8), "item_emb": (6, 8), "user_occupation_emb": (4, 8),
         "item_genres_emb": (5, 8), "W_bottom0": (3, 4), "b_bottom0": (4,), "W_bottom1": (4, 8),
-        "b_bottom1": (8,), "W0": (18, 5), "b0": (5,), "W1": (5, 4), "b1": (4,), "w_out": (4, 1),
-        "b_out": (1,),
+        "b_bottom1": (8,), "W0": (18, 5), "b0": (5,), "W1": (5, 4), "b1": (4,),
+        "user_bias": (7, 1), "item_bias": (6, 1), "w_out": (14, 1), "b_out": (1,),
     }  # fmt: skip
     for name, value in model.params.items():
         assert value.dtype == np.float32
         if name.endswith("_emb"):
             assert not value[0].any(), name
+    assert not model.params["user_bias"].any() and not model.params["item_bias"].any()
+    np.testing.assert_array_equal(model.params["w_out"][4:], np.ones((10, 1)))
+    glorot = model.params["w_out"][:4]  # uniform within sqrt(6 / (fan-in + 1)), fan-in 4
+    assert np.abs(glorot).max() <= np.sqrt(6 / 5) and len(np.unique(glorot)) == 4
     signature = model.signature
     assert [s.name for s in signature.inputs] == [
         "user", "item", "user_occupation", "user_age", "item_genres", "item_year",
@@ -369,3 +375,24 @@ def test_a_planted_feature_effect_serves_cold_users_where_ids_alone_cannot() -> 
         assert rule_auc(dlrm_model.predict(known, catalog), genre == group) > 0.95
     mlp_cold = trained["mlp"].predict(np.zeros(30, dtype=np.int64), catalog)
     assert rule_auc(mlp_cold, genre == 1) + rule_auc(mlp_cold, genre == 2) == pytest.approx(1.0)
+
+
+def test_the_logit_is_the_tower_plus_a_biased_dot_product_of_the_ids() -> None:
+    """The MF head: with the tower's output weights at zero, the logit is b_out + the weighted
+    user.item product + the user's and the item's bias, as an ``mf`` model's; a dropped id
+    takes row 0's bias, as an id the server does not know."""
+    model = spread(dlrm(FEATURE_SETS["all"]))
+    width = CONFIG.tower[-1]
+    model.params["w_out"][:width] = 0.0
+    user, item = model.params["user_emb"][USERS], model.params["item_emb"][ITEMS]
+    weights = model.params["w_out"][width:, 0]
+    biases = model.params["user_bias"][USERS, 0], model.params["item_bias"][ITEMS, 0]
+    expected = (user * item) @ weights[:-2] + weights[-2] * biases[0] + weights[-1] * biases[1]
+    logits, _ = model.forward(USERS, ITEMS)
+    np.testing.assert_allclose(logits, expected + model.params["b_out"][0])
+    model.params["item_bias"][0] = 7.0
+    dropped = dataclasses.replace(CONFIG, id_dropout=0.9)
+    model = DLRM(dropped, N_USER_ROWS, N_ITEM_ROWS, model.params, model.features)
+    _, cache = model.forward(USERS, ITEMS, train=True, rng=np.random.default_rng(0))
+    assert isinstance(cache, DLRMCache) and (cache.items == 0).any()
+    np.testing.assert_array_equal(cache.head_input[:, -1] == 7.0, cache.items == 0)

@@ -6,20 +6,23 @@ embeddings of its non-zero entries (a zero vector for an empty bag: 0 is padding
 features, concatenated, go through the bottom MLP (ReLU layers ``bottom``, then a ReLU layer to
 D). The interaction is DLRM's: the pairwise dot products of all those D-vectors (the bottom MLP's
 output among them; upper triangle, no self products), after the bottom MLP's output; then the
-top MLP (``tower``), the output layer and the sigmoid. Without numeric features there is no
-bottom MLP and the top MLP sees the dot products alone (an id-only dlrm model: the one product of
-the user and item vectors).
+top MLP (``tower``). The output layer also reads an "MF head" (weights starting at ones): the
+user and item vectors' element-wise product and a bias per user and per item, as ``mf``'s; DLRM
+alone lacks the item bias that carries popularity, and lost to ``mf`` on MovieLens 100K. Then the
+sigmoid. Without numeric features there is no bottom MLP and the top MLP sees the dot products
+alone (an id-only dlrm model: the one product of the user and item vectors).
 
 The features come from the tables of its :class:`~training.models.side.SideFeature`s:
 ``forward(users, items)`` gathers the rows' features, as the training loop and the server by id
 do; ``forward_inputs`` takes every input of the signature explicitly, as the ONNX graph does (a
 cold-start user: id row 0 with its own features). In training, ``id_dropout`` replaces ids by the
-unknown row while keeping their features, so that row 0 learns to lean on the features.
+unknown row while keeping their features, so that row 0 learns to lean on the features; a
+dropped id's bias is row 0's too, as when the server scores an id the model does not know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -27,17 +30,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from modelrepo import UNKNOWN_ROW, Role, Signature, Source, table_type, two_id_signature
+from modelrepo import UNKNOWN_ROW, Role, Signature, Source, two_id_signature
 from training.layers import Array, Dense, Embedding, Grads, Mask, Params, ReLU, SparseRows, sigmoid
 from training.models import base
 from training.models.base import ForwardCache, GraphNodes, Model, Rng, Rows, Table, Weights
 from training.models.config import ModelConfig
-from training.models.dlrm_graph import bottom_layer, embedding_param, interaction_graph, side_param
+from training.models.dlrm_graph import (
+    bottom_layer,
+    embedding_param,
+    interaction_graph,
+    mf_head_graph,
+    side_param,
+)
+from training.models.dlrm_inputs import Feeds, check_feeds, dlrm_signature
 from training.models.registry import register
 from training.models.side import SideFeature
-
-Feeds = Mapping[str, NDArray[Any]]
-"""Every input of the signature by name, as the ONNX graph takes them."""
 
 
 @dataclass
@@ -53,13 +60,12 @@ class DLRMCache(ForwardCache):
     bottom_masks: list[Mask] = field(default_factory=list)
 
 
-def dlrm_signature(
-    n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
-) -> Signature:
-    """The two ids, then every side feature in order; the score output as every kind's."""
-    ids = two_id_signature(n_user_rows, n_item_rows)
-    inputs = (*ids.inputs, *(feature.input_spec() for feature in features))
-    return Signature(inputs=inputs, outputs=ids.outputs, score=ids.score)
+@dataclass(frozen=True)
+class _BiasTable(Table):
+    """A one-column table: one bias per id (the MF head's), whatever the embedding size."""
+
+    def dim(self, config: ModelConfig) -> int:
+        return 1
 
 
 def _bottom_layers(config: ModelConfig) -> list[Dense]:
@@ -69,11 +75,14 @@ def _bottom_layers(config: ModelConfig) -> list[Dense]:
 @register("dlrm")
 class DLRM(Model):
     """Parameters: ``user_emb``, ``item_emb``, ``<input>_emb`` per categorical or multi-hot
-    feature, ``W_bottom<k>``/``b_bottom<k>`` (with numeric features), the tower and the output."""
+    feature, ``W_bottom<k>``/``b_bottom<k>`` (with numeric features), the tower, ``user_bias`` and
+    ``item_bias`` (the MF head's) and the output layer over the tower's output and the MF head."""
 
     tables = (
         Table("user_emb", Source.USER, "embedding_dim"),
         Table("item_emb", Source.ITEM, "embedding_dim"),
+        _BiasTable("user_bias", Source.USER, "embedding_dim"),
+        _BiasTable("item_bias", Source.ITEM, "embedding_dim"),
     )
 
     def __init__(
@@ -145,7 +154,8 @@ class DLRM(Model):
         for k, out in enumerate(config.tower):
             shapes[f"W{k}"], shapes[f"b{k}"] = (width, out), (out,)
             width = out
-        shapes["w_out"], shapes["b_out"] = (width, 1), (1,)
+        shapes["user_bias"], shapes["item_bias"] = (n_user_rows, 1), (n_item_rows, 1)
+        shapes["w_out"], shapes["b_out"] = (width + _mf_width(config), 1), (1,)
         return shapes
 
     @classmethod
@@ -158,7 +168,8 @@ class DLRM(Model):
         features: Sequence[SideFeature] = (),
     ) -> Params:
         """As the other kinds: embeddings normal(0, 0.01) with row 0 (unknown id, unknown
-        category, padding) at zero, He-normal ReLU layers, a Glorot output layer, zero biases."""
+        category, padding) at zero, He-normal ReLU layers, a Glorot output layer over the top MLP,
+        zero biases; the output weights of the MF head at ones, as ``mf``'s."""
         if n_user_rows < 1 or n_item_rows < 1:
             raise ValueError("embedding tables need at least the unknown-id row")
         rng = np.random.default_rng(seed)
@@ -168,8 +179,9 @@ class DLRM(Model):
                 params[name] = rng.normal(0.0, 0.01, shape).astype(np.float32)
                 params[name][UNKNOWN_ROW] = 0.0
             elif name == "w_out":
-                limit = np.sqrt(6.0 / (shape[0] + 1))
+                limit = np.sqrt(6.0 / (config.tower[-1] + 1))
                 params[name] = rng.uniform(-limit, limit, shape).astype(np.float32)
+                params[name][config.tower[-1] :] = 1.0
             elif name.startswith("W"):
                 params[name] = rng.normal(0.0, np.sqrt(2.0 / shape[0]), shape).astype(np.float32)
             else:
@@ -209,27 +221,7 @@ class DLRM(Model):
 
     def check_inputs(self, feeds: Feeds) -> dict[str, NDArray[Any]]:
         """``feeds`` checked against the signature: every input, its type, shape and range."""
-        names = [spec.name for spec in self._signature.inputs]
-        if set(feeds) != set(names):
-            raise ValueError(f"the model takes the inputs {names}, given {sorted(feeds)}")
-        n_rows = np.asarray(feeds["user"]).shape[:1]
-        checked: dict[str, NDArray[Any]] = {}
-        for spec in self._signature.inputs:
-            value = np.asarray(feeds[spec.name])
-            dtype, shape = table_type(spec, n_rows[0] if n_rows else 0)
-            kind = np.floating if spec.role is Role.DENSE else np.integer
-            if value.shape != shape or not np.issubdtype(value.dtype, kind):
-                raise ValueError(
-                    f"input '{spec.name}' is {value.dtype}{list(value.shape)}, expected "
-                    f"{np.dtype(dtype)}{list(shape)}"
-                )
-            if spec.role is Role.DENSE:
-                if not np.isfinite(value).all():
-                    raise ValueError(f"input '{spec.name}' holds values that are not finite")
-            elif value.size and (value.min() < 0 or value.max() >= (spec.n_rows or 0)):
-                raise ValueError(f"input '{spec.name}' holds rows outside [0, {spec.n_rows})")
-            checked[spec.name] = value
-        return checked
+        return check_feeds(self._signature, feeds)
 
     # -- forward and backward -------------------------------------------------------------
 
@@ -314,21 +306,30 @@ class DLRM(Model):
         stacked = np.stack(vectors, axis=1)
         dots = (stacked @ stacked.transpose(0, 2, 1))[:, self._pairs[0], self._pairs[1]]
         top = dots if dense is None else np.concatenate([dense, dots], axis=1)
-        cache.head_input, cache.tower_inputs, cache.tower_masks = self._tower_forward(top, rng)
+        tower, cache.tower_inputs, cache.tower_masks = self._tower_forward(top, rng)
+        biases = (self._lookup("user_bias", users), self._lookup("item_bias", items))
+        cache.head_input = np.concatenate([tower, vectors[0] * vectors[1], *biases], axis=1)
         cache.vectors = stacked
         return cache
 
     def _backward(self, cache: ForwardCache, dhead: Array, grads: Grads) -> None:
         assert isinstance(cache, DLRMCache) and cache.vectors is not None
-        dtop = self._tower_backward(dhead, cache, grads)
         stacked = cache.vectors
         n, n_vectors, dim = stacked.shape
+        split = dhead.shape[1] - _mf_width(self.config)
+        dproduct, dbiases = dhead[:, split : split + dim], dhead[:, split + dim :]
+        dtop = self._tower_backward(dhead[:, :split], cache, grads)
         ddots = dtop[:, dim:] if self._dense else dtop
         dproducts = np.zeros((n, n_vectors, n_vectors), dtype=dtop.dtype)
         dproducts[:, self._pairs[0], self._pairs[1]] = ddots
         dvectors = dproducts @ stacked + dproducts.transpose(0, 2, 1) @ stacked
-        grads["user_emb"] = self._embeddings["user_emb"].backward(cache.users, dvectors[:, 0])
-        grads["item_emb"] = self._embeddings["item_emb"].backward(cache.items, dvectors[:, 1])
+        dvectors[:, 0] += dproduct * stacked[:, 1]
+        dvectors[:, 1] += dproduct * stacked[:, 0]
+        users, items = cache.users, cache.items
+        grads["user_emb"] = self._embeddings["user_emb"].backward(users, dvectors[:, 0])
+        grads["item_emb"] = self._embeddings["item_emb"].backward(items, dvectors[:, 1])
+        grads["user_bias"] = self._embeddings["user_bias"].backward(users, dbiases[:, :1])
+        grads["item_bias"] = self._embeddings["item_bias"].backward(items, dbiases[:, 1:])
         for k, feature in enumerate(self._embedded, start=2):
             rows, dvector = cache.feeds[feature.name], dvectors[:, k]
             table = self._embeddings[embedding_param(feature.name)]
@@ -386,4 +387,10 @@ class DLRM(Model):
 
     @classmethod
     def graph_inputs(cls, nodes: GraphNodes, params: Weights, signature: Signature) -> str:
-        return cls._graph_tower(nodes, params, interaction_graph(nodes, params, signature))
+        tower = cls._graph_tower(nodes, params, interaction_graph(nodes, params, signature))
+        return mf_head_graph(nodes, signature, tower)
+
+
+def _mf_width(config: ModelConfig) -> int:
+    """The MF head's columns of the output layer's input: the product, two biases."""
+    return config.embedding_dim + 2

@@ -6,7 +6,8 @@ the categorical features; for a multi-hot feature [N, L], Gather [N, L, D] times
 through the bottom MLP (Gemm + Relu); the F vectors stacked [N, F, D], MatMul with their
 transpose [N, F, F], flattened, and the upper triangle gathered; the bottom MLP's output
 concatenated before the products. The inputs are taken in the signature's order, as the model
-takes its features, so the vectors line up.
+takes its features, so the vectors line up. :func:`mf_head_graph` then joins the top MLP's output
+with the MF head (the user and item vectors' product, their biases) for the output layer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def interaction_graph(nodes: GraphNodes, params: Weights, signature: Signature) 
     if bottom is None:
         return dots
     return nodes.add("Concat", [bottom, dots], "top_in", axis=1)
+
+
+def mf_head_graph(nodes: GraphNodes, signature: Signature, tower: str) -> str:
+    """The output layer's input: the top MLP's output ``tower``, the element-wise product of the
+    id vectors ``interaction_graph`` gathered, the user's and the item's bias."""
+    user, item = (signature.one_from(source) for source in (Source.USER, Source.ITEM))
+    if user is None or item is None:
+        raise ValueError("a dlrm model takes a user and an item input")
+    product = nodes.add("Mul", [f"{user.name}_vec", f"{item.name}_vec"], "mf_product")
+    user_bias = nodes.add("Gather", ["user_bias", user.name], "user_bias_row", axis=0)
+    item_bias = nodes.add("Gather", ["item_bias", item.name], "item_bias_row", axis=0)
+    return nodes.add("Concat", [tower, product, user_bias, item_bias], "head_in", axis=1)
 
 
 def _bag(nodes: GraphNodes, table: str, name: str, *, first: bool) -> str:

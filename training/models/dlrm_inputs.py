@@ -1,0 +1,52 @@
+"""The inputs of the dlrm kind: its signature (the two ids, then every side feature) and the
+check of explicit feeds against it, apart from the model so that its module stays about the
+computation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelrepo import Role, Signature, table_type, two_id_signature
+from training.models.side import SideFeature
+
+Feeds = Mapping[str, NDArray[Any]]
+"""Every input of the signature by name, as the ONNX graph takes them."""
+
+
+def dlrm_signature(
+    n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
+) -> Signature:
+    """The two ids, then every side feature in order; the score output as every kind's."""
+    ids = two_id_signature(n_user_rows, n_item_rows)
+    inputs = (*ids.inputs, *(feature.input_spec() for feature in features))
+    return Signature(inputs=inputs, outputs=ids.outputs, score=ids.score)
+
+
+def check_feeds(signature: Signature, feeds: Feeds) -> dict[str, NDArray[Any]]:
+    """``feeds`` checked against ``signature``: every input, its type, shape and range; a bad
+    one raises ValueError naming it."""
+    names = [spec.name for spec in signature.inputs]
+    if set(feeds) != set(names):
+        raise ValueError(f"the model takes the inputs {names}, given {sorted(feeds)}")
+    n_rows = np.asarray(feeds["user"]).shape[:1]
+    checked: dict[str, NDArray[Any]] = {}
+    for spec in signature.inputs:
+        value = np.asarray(feeds[spec.name])
+        dtype, shape = table_type(spec, n_rows[0] if n_rows else 0)
+        kind = np.floating if spec.role is Role.DENSE else np.integer
+        if value.shape != shape or not np.issubdtype(value.dtype, kind):
+            raise ValueError(
+                f"input '{spec.name}' is {value.dtype}{list(value.shape)}, expected "
+                f"{np.dtype(dtype)}{list(shape)}"
+            )
+        if spec.role is Role.DENSE:
+            if not np.isfinite(value).all():
+                raise ValueError(f"input '{spec.name}' holds values that are not finite")
+        elif value.size and (value.min() < 0 or value.max() >= (spec.n_rows or 0)):
+            raise ValueError(f"input '{spec.name}' holds rows outside [0, {spec.n_rows})")
+        checked[spec.name] = value
+    return checked
