@@ -16,11 +16,9 @@ everything a reader relies on, so that a version whose history is corrupt never 
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import numpy as np
 
+from modelrepo.arrays import npz_bytes, read_npz
 from modelrepo.errors import VersionError
 from modelrepo.layout import HISTORY_FILE, UNKNOWN_ROW
 from modelrepo.signature import Signature, Source
@@ -76,27 +74,19 @@ class History:
         return rows
 
     def to_bytes(self) -> bytes:
-        """The ``.npz`` bytes (uncompressed: loading is a copy, not a decompression)."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            indptr=self.indptr,
-            indices=self.indices,
-            n_item_rows=np.int64(self.n_item_rows),
+        """The ``.npz`` bytes (see :mod:`modelrepo.arrays`)."""
+        return npz_bytes(
+            {
+                "indptr": self.indptr,
+                "indices": self.indices,
+                "n_item_rows": np.array(self.n_item_rows, dtype=np.int64),
+            }
         )
-        return buffer.getvalue()
 
     @classmethod
     def parse(cls, data: bytes, file: str = HISTORY_FILE) -> History:
         """A history read back from :meth:`to_bytes`; :class:`VersionError` naming the fault."""
-        try:
-            loaded = np.load(io.BytesIO(data), allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-                raise VersionError(f"cannot read {file}: not an .npz archive")
-            with loaded as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise VersionError(f"cannot read {file}: {exc}") from None
+        arrays = read_npz(data, file)
         if sorted(arrays) != list(_ARRAYS):
             raise VersionError(f"{file} holds {sorted(arrays)}; expected {list(_ARRAYS)}")
         for name, array in arrays.items():

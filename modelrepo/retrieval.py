@@ -17,12 +17,11 @@ rows, finite values), so that a version whose vectors are corrupt never loads;
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from modelrepo.arrays import npz_bytes, read_npz
 from modelrepo.errors import VersionError
 from modelrepo.layout import RETRIEVAL_FILE
 from modelrepo.signature import Signature, Source
@@ -52,15 +51,8 @@ class RetrievalVectors:
         return int(self.item_vectors.shape[0])
 
     def to_bytes(self) -> bytes:
-        """The ``.npz`` bytes (uncompressed: loading is a copy, not a decompression)."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            allow_pickle=False,
-            user_vectors=np.ascontiguousarray(self.user_vectors),
-            item_vectors=np.ascontiguousarray(self.item_vectors),
-        )
-        return buffer.getvalue()
+        """The ``.npz`` bytes (see :mod:`modelrepo.arrays`)."""
+        return npz_bytes({"user_vectors": self.user_vectors, "item_vectors": self.item_vectors})
 
     @classmethod
     def from_bytes(
@@ -68,14 +60,7 @@ class RetrievalVectors:
     ) -> RetrievalVectors:
         """Vectors read back from :meth:`to_bytes` for tables of ``n_user_rows`` users and
         ``n_item_rows`` items; :class:`VersionError` naming the fault."""
-        try:
-            loaded = np.load(io.BytesIO(data), allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-                raise VersionError(f"cannot read {file}: not an .npz archive")
-            with loaded as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise VersionError(f"cannot read {file}: {exc}") from None
+        arrays = read_npz(data, file)
         if sorted(arrays) != list(_ARRAYS):
             raise VersionError(f"{file} holds {sorted(arrays)}; expected {list(_ARRAYS)}")
         rows = {"user_vectors": n_user_rows, "item_vectors": n_item_rows}

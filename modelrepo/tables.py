@@ -16,12 +16,11 @@ whose tables disagree with its signature never loads.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from modelrepo.arrays import npz_bytes, read_npz
 from modelrepo.errors import VersionError
 from modelrepo.signature import InputSpec, Role, Signature
 
@@ -33,21 +32,14 @@ Table = Mapping[str, np.ndarray]
 
 
 def table_bytes(arrays: Table) -> bytes:
-    """The ``.npz`` bytes of one table (uncompressed: loading is a copy, not a decompression)."""
-    buffer = io.BytesIO()
-    contiguous = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
-    np.savez(buffer, allow_pickle=False, **contiguous)
-    return buffer.getvalue()
+    """The ``.npz`` bytes of one table (see :mod:`modelrepo.arrays`)."""
+    return npz_bytes(arrays)
 
 
 def parse_table(data: bytes, file: str, signature: Signature) -> dict[str, np.ndarray]:
     """The arrays of table ``file``, each checked against its input of ``signature``."""
     specs = signature.tables().get(file, ())
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise VersionError(f"cannot read {file}: {exc}") from None
+    arrays = read_npz(data, file)
     expected = {spec.name for spec in specs}
     if set(arrays) != expected:
         raise VersionError(

@@ -4,6 +4,7 @@ name (file and input) whenever they disagree with the signature."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -156,9 +157,15 @@ def test_a_table_replaced_on_disk_with_its_manifest_is_still_checked(tmp_path: P
         read_version(path)
 
 
-def test_a_table_file_that_is_not_an_archive_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["garbage", "a bare .npy array"])
+def test_a_table_file_that_is_not_an_archive_is_named(tmp_path: Path, kind: str) -> None:
     path = _publish(tmp_path, _tables())
-    (path / ITEM_FEATURES_FILE).write_bytes(b"not a zip")
+    data = b"not a zip"
+    if kind != "garbage":
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros(3, np.int64))
+        data = buffer.getvalue()
+    (path / ITEM_FEATURES_FILE).write_bytes(data)
     _set_checksum(path, ITEM_FEATURES_FILE, None)  # no checksum: the parse itself must refuse it
     with pytest.raises(VersionError, match=r"cannot read item_features\.npz"):
         read_version(path)
