@@ -30,7 +30,6 @@ more than half match): no Python loop over items. :func:`keep_mask` is what reco
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -39,6 +38,7 @@ import numpy as np
 from modelrepo import UNKNOWN_ROW, InputSpec, Role, Source, Vocabulary
 from service.errors import InvalidInput
 from service.v1.feature_values import refuse
+from service.v1.per_version import PerVersion
 from service.v1.schemas import ItemFilter
 
 if TYPE_CHECKING:
@@ -208,14 +208,7 @@ class _Attributes:
         return attribute
 
 
-_attributes: weakref.WeakKeyDictionary[ServedVersion, _Attributes] = weakref.WeakKeyDictionary()
-
-
-def _attributes_of(version: ServedVersion) -> _Attributes:
-    attributes = _attributes.get(version)
-    if attributes is None:
-        attributes = _attributes[version] = _Attributes(version)
-    return attributes
+_attributes_of = PerVersion(_Attributes)
 
 
 def prepare(version: ServedVersion) -> None:

@@ -9,7 +9,6 @@ user or an item input is not served by ``/v1``; V2 ``infer`` serves it.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from service.errors import InvalidInput
 from service.v1.feature_values import Encoded
 from service.v1.features import SideInputs, sent_values, side_feeds, side_inputs
 from service.v1.filters import keep_mask, require_survivors
+from service.v1.per_version import PerVersion
 from service.v1.ranking import top_k, top_k_by_id
 from service.v1.schemas import RecommendRequest, ScoreRequest
 from service.v1.two_stage import Mode, retrieved, serving_mode
@@ -93,15 +93,8 @@ class Feeding:
         return feeds
 
 
-_feedings: weakref.WeakKeyDictionary[ServedVersion, Feeding] = weakref.WeakKeyDictionary()
-
-
-def feeding_of(version: ServedVersion) -> Feeding:
-    """The version's :class:`Feeding`, read from its signature once; 400 if /v1 cannot serve it."""
-    feeding = _feedings.get(version)
-    if feeding is None:
-        feeding = _feedings[version] = Feeding(version)
-    return feeding
+feeding_of = PerVersion(Feeding)
+"""The version's :class:`Feeding`, read from its signature once; 400 if /v1 cannot serve it."""
 
 
 @dataclass(frozen=True)
