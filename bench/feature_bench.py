@@ -14,8 +14,6 @@ id-only model's, with the target: rank-100 requests/s at least 0.7x.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,42 +95,6 @@ def publish_pair(repository: Path, seed: int) -> tuple[list[str], list[str]]:
         graph = model_bytes(model.params, CONFIG.kind, model.signature)
         write_version(repository, name, manifest, graph, vocabularies, tables=feature_tables(side))
     return user_ids, item_ids
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve both versions with one recserve and measure every scenario on each, in turns."""
-    import serve_bench as sb  # the bench's own helpers; this module is its --features mode
-
-    out: Path = args.out / "features"
-    out.mkdir(parents=True, exist_ok=True)
-    repository = out / "repository"
-    sb.shutil.rmtree(repository, ignore_errors=True)
-    user_ids, item_ids = publish_pair(repository, args.seed)
-    port = sb.free_port()
-    serve_argv = sb.recserve_argv(args, repository, port)
-    models = {name: sb.Model(name, repository / name / "1", user_ids, item_ids)
-              for name in (IDS, FEATURES)}  # fmt: skip
-    chosen = [s for s in sb.scenarios(models[IDS]) if s.path.startswith("/v1")]
-    results: list[sb.Measurement] = []
-    with sb.running([lambda: sb.start_recserve(serve_argv, out, port, args.nice)]) as servers:
-        (server,) = servers
-        for index, scenario in enumerate(chosen):
-            bodies = sb.write_bodies(scenario, models[IDS], args.bodies, args.seed + index, out)
-            for concurrency in args.concurrency:
-                rounds: dict[str, list[sb.Measurement]] = {IDS: [], FEATURES: []}
-                for round_index in range(args.rounds):
-                    order = (IDS, FEATURES) if round_index % 2 == 0 else (FEATURES, IDS)
-                    for name in order:
-                        url = server.url + scenario.path.format(m=name)
-                        m = sb.measure(server, scenario, url, bodies, concurrency, args)
-                        rounds[name].append(dataclasses.replace(m, server=name))
-                        sb.print_progress(rounds[name][-1])
-                results.extend(sb.median_run(runs) for runs in rounds.values())
-    print()
-    for line in comparison(results):
-        print(line)
-    missed = [line for line in comparison(results) if line.endswith("MISSED")]
-    return 1 if args.check and missed else 0
 
 
 def comparison(results: Sequence[object]) -> list[str]:

@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -658,6 +658,44 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
 
 
+def run_features(args: argparse.Namespace) -> int:
+    """``--features``: the feature model and the id-only one of the same size
+    (``bench/feature_bench.py`` publishes them), served by one recserve, every /v1 scenario
+    measured on each in turns."""
+    from feature_bench import FEATURES, IDS, comparison, publish_pair
+
+    out: Path = args.out / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    repository = out / "repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    user_ids, item_ids = publish_pair(repository, args.seed)
+    port = free_port()
+    serve_argv = recserve_argv(args, repository, port)
+    models = {name: Model(name, repository / name / "1", user_ids, item_ids)
+              for name in (IDS, FEATURES)}  # fmt: skip
+    chosen = [s for s in scenarios(models[IDS]) if s.path.startswith("/v1")]
+    results: list[Measurement] = []
+    with running([lambda: start_recserve(serve_argv, out, port, args.nice)]) as servers:
+        (server,) = servers
+        for index, scenario in enumerate(chosen):
+            bodies = write_bodies(scenario, models[IDS], args.bodies, args.seed + index, out)
+            for concurrency in args.concurrency:
+                rounds: dict[str, list[Measurement]] = {IDS: [], FEATURES: []}
+                for round_index in range(args.rounds):
+                    order = (IDS, FEATURES) if round_index % 2 == 0 else (FEATURES, IDS)
+                    for name in order:
+                        url = server.url + scenario.path.format(m=name)
+                        m = measure(server, scenario, url, bodies, concurrency, args)
+                        rounds[name].append(replace(m, server=name))
+                        print_progress(rounds[name][-1])
+                results.extend(median_run(runs) for runs in rounds.values())
+    print()
+    for line in comparison(results):
+        print(line)
+    missed = [line for line in comparison(results) if line.endswith("MISSED")]
+    return 1 if args.check and missed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -667,9 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.features:
-        from feature_bench import run
-
-        return run(args)
+        return run_features(args)
     if args.repository is None:
         repository = out / "repository"
         shutil.rmtree(repository, ignore_errors=True)
