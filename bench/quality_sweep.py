@@ -69,7 +69,18 @@ CONFIGS: tuple[Config, ...] = (
     Config("mf-l2-5e-5", "--l2 5e-5", "less L2: overfits sooner"),
     Config("mf-l2-1.5e-4", "--l2 1.5e-4", "more L2: underfits"),
     Config("mf-neg-6", "--negatives 6", "more negatives: slower, no gain"),
-    Config("mf-recency-4", "--recency-weight 4", "recency-weighted positives: NDCG up, HR a tie"),
+    Config("mf-recency-4", "--recency-weight 4", "recency-weighted positives, blend on top"),
+    Config("mf-no-recent", "--no-recent", "user vectors as trained, no recent-items blend"),
+    Config(
+        "mf-recent-fixed",
+        "--recent-items 5 --recent-blend 0.6 --recent-decay 0.8",
+        "a fixed blend instead of validation's choice",
+    ),
+    Config(
+        "mf-recent-20",
+        "--recent-items 20 --recent-decay 1",
+        "20 latest items, no decay: recency diluted",
+    ),
 )
 
 

@@ -33,6 +33,7 @@ from training.pipeline import (
     run_pipeline,
     summary,
 )
+from training.recent import add_recent_arguments, recent_options
 from training.retrieval_flags import add_retrieval_arguments, retrieval_options
 from training.train import TrainConfig
 
@@ -214,6 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_feature_arguments(parser)
     add_retrieval_arguments(parser)
+    add_recent_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -238,6 +240,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         features=feature_options(args),
         cold_start_users=args.cold_start_users,
         retrieval=retrieval_options(args),
+        recent=recent_options(args),
     )
 
 

@@ -41,6 +41,7 @@ from training.feature_inputs import FeatureOptions, prepare
 from training.graph_check import graph_and_parity
 from training.models import ModelConfig
 from training.plot import CurveLabels, plot_history
+from training.recent import RecentOptions, choose_recent, recent_lines
 from training.refit import ConcurrentRefit, Refit
 from training.retrieval import RetrievalOptions, build_retrieval, retrieval_lines
 from training.split import Split, leave_one_out
@@ -83,6 +84,7 @@ class PipelineConfig:
     features: FeatureOptions | None = None  # side-feature files (``training.feature_inputs``)
     cold_start_users: float = 0.0  # share of users held out of training (``training.cold_start``)
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)  # its vectors
+    recent: RecentOptions = field(default_factory=RecentOptions)  # mf: ``training.recent``
 
 
 @dataclass(frozen=True)
@@ -157,17 +159,18 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         on_best = beside.best_so_far if beside is not None else None
         result = train(split, config.model, config.train, quiet=config.quiet, log=stream,
                        on_best=on_best, features=side.features)  # fmt: skip
+        recent = choose_recent(config.recent, config.model.kind, result.model, split)
         test = Evaluation(
             model=evaluate(scorer(result.model), split.test),
             popularity=evaluate(popularity, split.test),
         )
         refit = beside.result(result.best_epoch) if beside is not None else None
     extra = side_records(side, cold, result.model, popularity, data.item_ids, config.train.seed)
-    published_model = refit.model if refit is not None else result.model
+    published_model = recent.publish(refit.model, everything) if refit else result.model
     retrieval = build_retrieval(config.retrieval, split, everything if refit else None,
                                 (result.model, published_model), config.train,
                                 popularity.probability)  # fmt: skip
-    extra = {**extra, "retrieval": retrieval.record}
+    extra = {**extra, "retrieval": retrieval.record, "recent_items": recent.record}
     if refit is not None:
         _say(
             stream,
@@ -180,19 +183,11 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
     graph, parity = graph_and_parity(published_model, config.model.kind, split)
     if not parity <= config.parity_tolerance:
         raise ParityError(parity, config.parity_tolerance)
-    manifest = build_manifest(
-        config,
-        data,
-        split,
-        result,
-        test,
-        pop_validation,
-        signature=signature,
-        parity=parity,
-        seconds=time.perf_counter() - started,
-        published_model=published_record(split, result, refit),
-        extra=extra,
-    )
+    manifest = build_manifest(config, data, split, result, test, pop_validation,
+                              signature=signature, parity=parity,
+                              seconds=time.perf_counter() - started,
+                              published_model=published_record(split, result, refit),
+                              extra=extra)  # fmt: skip
     version = next_version(config.repository, config.model_name)
     labels = CurveLabels(config.model_name, version, data.name)
     extra_files = _extra_files(result, refit, pop_validation, labels, stream)
@@ -391,6 +386,7 @@ def summary(result: PipelineResult) -> str:
         f"parity max |ONNX - NumPy| = {result.parity_error:.2e}",
         *report_lines(records),
         *retrieval_lines(records),
+        *recent_lines(records),
     ]
     if CURVE_FILE in result.manifest.files:
         lines.append(f"training curve: {result.published.path / CURVE_FILE}")
