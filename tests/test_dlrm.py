@@ -165,10 +165,10 @@ def test_id_dropout_replaces_ids_and_keeps_their_features() -> None:
     items = np.resize(np.arange(1, N_ITEM_ROWS), users.size)
     _, cache = model.forward(users, items, train=True, rng=np.random.default_rng(0))
     assert isinstance(cache, DLRMCache)
-    for ids, kept in ((users, cache.users), (items, cache.items)):
-        dropped = kept == 0
-        assert 0.4 < dropped.mean() < 0.6
-        np.testing.assert_array_equal(kept[~dropped], ids[~dropped])
+    dropped = cache.users == 0
+    assert 0.4 < dropped.mean() < 0.6
+    np.testing.assert_array_equal(cache.users[~dropped], users[~dropped])
+    np.testing.assert_array_equal(cache.items, items)  # item ids are never dropped
     np.testing.assert_array_equal(cache.feeds["user_occupation"], table(OCCUPATION)[users])
     np.testing.assert_array_equal(cache.feeds["item_genres"], table(GENRES)[items])
     _, cache = model.forward(users, items)
@@ -379,7 +379,7 @@ def test_a_planted_feature_effect_serves_cold_users_where_ids_alone_cannot() -> 
 
 def test_the_logit_is_the_tower_plus_a_biased_dot_product_of_the_ids() -> None:
     """The MF head: with the tower's output weights at zero, the logit is b_out + the weighted
-    user.item product + the user's and the item's bias, as an ``mf`` model's; a dropped id
+    user.item product + the user's and the item's bias, as an ``mf`` model's; a dropped user id
     takes row 0's bias, as an id the server does not know."""
     model = spread(dlrm(FEATURE_SETS["all"]))
     width = CONFIG.tower[-1]
@@ -390,9 +390,9 @@ def test_the_logit_is_the_tower_plus_a_biased_dot_product_of_the_ids() -> None:
     expected = (user * item) @ weights[:-2] + weights[-2] * biases[0] + weights[-1] * biases[1]
     logits, _ = model.forward(USERS, ITEMS)
     np.testing.assert_allclose(logits, expected + model.params["b_out"][0])
-    model.params["item_bias"][0] = 7.0
+    model.params["user_bias"][0] = 7.0
     dropped = dataclasses.replace(CONFIG, id_dropout=0.9)
     model = DLRM(dropped, N_USER_ROWS, N_ITEM_ROWS, model.params, model.features)
     _, cache = model.forward(USERS, ITEMS, train=True, rng=np.random.default_rng(0))
-    assert isinstance(cache, DLRMCache) and (cache.items == 0).any()
-    np.testing.assert_array_equal(cache.head_input[:, -1] == 7.0, cache.items == 0)
+    assert isinstance(cache, DLRMCache) and (cache.users == 0).any()
+    np.testing.assert_array_equal(cache.head_input[:, -2] == 7.0, cache.users == 0)

@@ -198,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--id-dropout",
         type=float,
         default=m.id_dropout,
-        help="dlrm only: share of training ids replaced by the unknown row, features kept",
+        help="dlrm only: share of training user ids replaced by the unknown row, features kept",
     )
 
     train = parser.add_argument_group("training")

@@ -23,9 +23,9 @@ class ModelConfig:
 
     ``dlrm`` only: ``bottom`` holds the widths of the hidden ReLU layers of the bottom MLP over the
     numeric side features (a last ReLU layer to ``embedding_dim`` follows; empty: that layer
-    alone); ``id_dropout`` is the rate at which training replaces a sample's user id, and
-    independently its item id, by the unknown row while keeping that id's features, so that the
-    model learns to score an id it never saw from its features (cold start).
+    alone); ``id_dropout`` is the rate at which training replaces a sample's user id by the
+    unknown row while keeping that user's features, so that the model learns to score a user it
+    never saw from their features (cold start).
     """
 
     kind: str = "mf"

@@ -15,9 +15,12 @@ alone (an id-only dlrm model: the one product of the user and item vectors).
 The features come from the tables of its :class:`~training.models.side.SideFeature`s:
 ``forward(users, items)`` gathers the rows' features, as the training loop and the server by id
 do; ``forward_inputs`` takes every input of the signature explicitly, as the ONNX graph does (a
-cold-start user: id row 0 with its own features). In training, ``id_dropout`` replaces ids by the
-unknown row while keeping their features, so that row 0 learns to lean on the features; a
-dropped id's bias is row 0's too, as when the server scores an id the model does not know.
+cold-start user: id row 0 with its own features). In training, ``id_dropout`` replaces user ids
+by the unknown row while keeping their features, so that row 0 learns to lean on the features; a
+dropped id's bias is row 0's too, as when the server scores an id the model does not know. Item
+ids are never dropped: a caller cannot send an item's features, so an unknown item is never
+served from them, and dropping item ids (their bias, which carries popularity) cost cold-start
+users HR@10 on MovieLens 100K (0.415 against 0.426 at rate 0.3, 0.415 against 0.447 at 0.5).
 """
 
 from __future__ import annotations
@@ -228,7 +231,7 @@ class DLRM(Model):
     def forward(
         self, users: Rows, items: Rows, *, train: bool = False, rng: Rng | None = None
     ) -> tuple[Array, ForwardCache]:
-        """Logits for id rows, their features gathered from the tables; in training, ids
+        """Logits for id rows, their features gathered from the tables; in training, user ids
         replaced by the unknown row at rate ``id_dropout`` (their features kept)."""
         self._check_rows(users, self.n_user_rows, "user")
         self._check_rows(items, self.n_item_rows, "item")
@@ -239,9 +242,8 @@ class DLRM(Model):
         if train and rate > 0.0:
             if rng is None:
                 raise ValueError("training with id dropout needs an rng")
-            for name in ("user", "item"):
-                dropped = rng.random(users.size) < rate
-                feeds[name] = np.where(dropped, UNKNOWN_ROW, feeds[name])
+            dropped = rng.random(users.size) < rate
+            feeds["user"] = np.where(dropped, UNKNOWN_ROW, feeds["user"])
         return self._run(feeds, train, rng)
 
     def forward_inputs(
