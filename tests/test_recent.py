@@ -33,7 +33,7 @@ from training.recent import (
 from training.split import leave_one_out
 from training.train import TrainConfig, scorer, train
 
-MF = ModelConfig(kind="mf", embedding_dim=16)
+MF = ModelConfig(kind="mf", embedding_dim=16, l2=1e-4)  # the tests were sized with this L2
 TRAIN = TrainConfig(epochs=8, patience=8, lr=0.01, batch_size=256, seed=1)
 TINY = SyntheticSpec(users=120, items=160, interactions=3000, seed=2)
 FIXED = RecentOptions(items=2, share=0.5, decay=0.5)
