@@ -1,13 +1,16 @@
 """The ONNX form of the dlrm kind, from its signature's inputs to the top MLP's input.
 
-It mirrors :meth:`training.models.dlrm.DLRM._forward_feeds` node by node: Gather for the ids and
-the categorical features; for a multi-hot feature [N, L], Gather [N, L, D] times the mask
-(value != 0) as float, summed over L and divided by max(count, 1); the numeric inputs concatenated
-through the bottom MLP (Gemm + Relu); the F vectors stacked [N, F, D], MatMul with their
-transpose [N, F, F], flattened, and the upper triangle gathered; the bottom MLP's output
-concatenated before the products. The inputs are taken in the signature's order, as the model
-takes its features, so the vectors line up. :func:`mf_head_graph` then joins the top MLP's output
-with the MF head (the user and item vectors' product, their biases) for the output layer.
+It computes :meth:`training.models.dlrm.DLRM._forward_feeds`'s function in the form ONNX Runtime
+runs fastest on one CPU thread (measured per batch of 100 and 1,700 rows; the parity tests hold it
+to the NumPy forward): Gather for the ids and the categorical features; for a multi-hot feature
+[N, L], the mean of its non-zero entries' rows, read from the table with a zero row for padding
+and a count column in front of a Sum of the L rows; the numeric inputs concatenated through the
+bottom MLP (Gemm + Relu); the F vectors stacked [N, F, D], MatMul with their transpose [N, F, F],
+flattened, and the upper triangle selected by a MatMul with a constant 0/1 matrix; the bottom
+MLP's output concatenated before the products. The inputs are taken in the signature's order, as
+the model takes its features, so the vectors line up. :func:`mf_head_graph` then joins the top
+MLP's output with the MF head (the user and item vectors' product, their biases) for the output
+layer.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from modelrepo import Role, Signature, Source
 from training.models.base import GraphNodes, Weights
 
 _IDS = {Source.USER: "user_emb", Source.ITEM: "item_emb"}
-_FLOAT = 1
-"""ONNX's element type FLOAT (``onnx.TensorProto.FLOAT``): the kinds write graphs through
+_INT64 = 7
+"""ONNX's element type INT64 (``onnx.TensorProto.INT64``): the kinds write graphs through
 ``GraphNodes`` without importing onnx."""
 
 
@@ -52,7 +55,7 @@ def interaction_graph(nodes: GraphNodes, params: Weights, signature: Signature) 
         if spec.role is Role.ID:
             vectors.append(nodes.add("Gather", [table, spec.name], f"{spec.name}_vec", axis=0))
         elif spec.role is Role.MULTI_HOT:
-            vectors.append(_bag(nodes, table, spec.name, first=bags == 0))
+            vectors.append(_bag(nodes, params, table, spec.name, spec.width, first=bags == 0))
             bags += 1
         else:
             dense.append(spec.name)
@@ -77,23 +80,62 @@ def mf_head_graph(nodes: GraphNodes, signature: Signature, tower: str) -> str:
     return nodes.add("Concat", [tower, product, user_bias, item_bias], "head_in", axis=1)
 
 
-def _bag(nodes: GraphNodes, table: str, name: str, *, first: bool) -> str:
-    """The mean embedding of the non-zero entries of bag input ``name`` [N, L] (0 if empty)."""
+def _bag(
+    nodes: GraphNodes, params: Weights, table: str, name: str, width: int, *, first: bool
+) -> str:
+    """The mean embedding of the non-zero entries of bag input ``name`` [N, L] (0 if empty).
+
+    Written for ONNX Runtime's speed rather than node for node with the NumPy forward: the table
+    is read with a zero row in front and a count column (1 on every real row), and the bag's
+    values are shifted onto it (a positive value v reads row v + 1, 0 the zero row, and a
+    negative one, counted from the end, the same row as before), so that padding adds nothing to
+    the sum nor to the count without a mask. The L rows are summed by one Sum of L Slices (which
+    ONNX Runtime fuses into one Split): several times faster than a ReduceSum over the middle
+    axis, and adding zero rows leaves the sum the masked one.
+    """
+    rows_table = _shifted_table(nodes, table, name, params[table].shape[0])
     if first:  # constants shared by every bag
         nodes.constant("bag_zero", np.array(0, dtype=np.int64))
         nodes.constant("bag_one", np.array(1.0, dtype=np.float32))
-        nodes.constant("bag_length_axis", np.array([1], dtype=np.int64))
-        nodes.constant("bag_unsqueeze_axes", np.array([2], dtype=np.int64))
-    is_zero = nodes.add("Equal", [name, "bag_zero"], f"{name}_is_pad")
-    present = nodes.add("Not", [is_zero], f"{name}_present")
-    mask = nodes.add("Cast", [present], f"{name}_mask", to=_FLOAT)
-    rows = nodes.add("Gather", [table, name], f"{name}_rows", axis=0)
-    mask3 = nodes.add("Unsqueeze", [mask, "bag_unsqueeze_axes"], f"{name}_mask3")
-    kept = nodes.add("Mul", [rows, mask3], f"{name}_kept")
-    total = nodes.add("ReduceSum", [kept, "bag_length_axis"], f"{name}_sum", keepdims=0)
-    count = nodes.add("ReduceSum", [mask, "bag_length_axis"], f"{name}_count", keepdims=1)
+        nodes.constant("bag_axis", np.array([1], dtype=np.int64))
+        nodes.constant("bag_start", np.array([0], dtype=np.int64))
+    dim = params[table].shape[1]
+    for k in range(width):
+        nodes.constant(f"{name}_at{k}", np.array([k], dtype=np.int64))
+    nodes.constant(f"{name}_at{width}", np.array([width], dtype=np.int64))
+    nodes.constant(f"{name}_dim", np.array([dim], dtype=np.int64))
+    nodes.constant(f"{name}_dim_end", np.array([dim + 1], dtype=np.int64))
+    real = nodes.add("Greater", [name, "bag_zero"], f"{name}_real")
+    shift = nodes.add("Cast", [real], f"{name}_shift", to=_INT64)
+    index = nodes.add("Add", [name, shift], f"{name}_index")
+    rows = nodes.add("Gather", [rows_table, index], f"{name}_rows", axis=0)
+    entries = [
+        nodes.add("Slice", [rows, f"{name}_at{k}", f"{name}_at{k + 1}", "bag_axis"],
+                  f"{name}_entry{k}")
+        for k in range(width)
+    ]  # fmt: skip
+    summed = nodes.add("Sum", entries, f"{name}_totals3")
+    both = nodes.add("Squeeze", [summed, "bag_axis"], f"{name}_totals")
+    total = nodes.add("Slice", [both, "bag_start", f"{name}_dim", "bag_axis"], f"{name}_sum")
+    count = nodes.add(
+        "Slice", [both, f"{name}_dim", f"{name}_dim_end", "bag_axis"], f"{name}_count"
+    )
     divisor = nodes.add("Max", [count, "bag_one"], f"{name}_divisor")
     return nodes.add("Div", [total, divisor], f"{name}_vec")
+
+
+def _shifted_table(nodes: GraphNodes, table: str, name: str, n_rows: int) -> str:
+    """``table`` with a zero row in front and a column of ones (0 on that row) after its own.
+
+    Written from the parameter by Pad and Concat rather than stored: ONNX Runtime folds them at
+    load, and the graph holds the table once, under its own name.
+    """
+    nodes.constant(f"{name}_pad_row", np.array([1, 0, 0, 0], dtype=np.int64))
+    counts = np.ones((n_rows + 1, 1), dtype=np.float32)
+    counts[0] = 0.0
+    nodes.constant(f"{name}_row_counts", counts)
+    padded = nodes.add("Pad", [table, f"{name}_pad_row"], f"{name}_padded_table")
+    return nodes.add("Concat", [padded, f"{name}_row_counts"], f"{name}_bag_table", axis=1)
 
 
 def _bottom_mlp(nodes: GraphNodes, params: Weights, dense: list[str]) -> str:
@@ -108,15 +150,23 @@ def _bottom_mlp(nodes: GraphNodes, params: Weights, dense: list[str]) -> str:
 
 
 def _pairwise_dots(nodes: GraphNodes, vectors: list[str], dim: int) -> str:
-    """[N, F(F-1)/2]: the dot product of every pair of the F vectors [N, D], upper triangle."""
+    """[N, F(F-1)/2]: the dot product of every pair of the F vectors [N, D], upper triangle.
+
+    The F x F products come from one batched MatMul of the stacked vectors with their transpose;
+    the upper triangle is then taken by a MatMul with a constant 0/1 selection matrix [F*F, pairs]
+    (one 1 per column, so each dot is copied exactly), which ONNX Runtime runs several times
+    faster than a Gather of single floats along axis 1.
+    """
     n = len(vectors)
     first, second = np.triu_indices(n, k=1)
+    select = np.zeros((n * n, first.size), dtype=np.float32)
+    select[first * n + second, np.arange(first.size)] = 1.0
     nodes.constant("stack_shape", np.array([-1, n, dim], dtype=np.int64))
     nodes.constant("products_shape", np.array([-1, n * n], dtype=np.int64))
-    nodes.constant("pair_index", (first * n + second).astype(np.int64))
+    nodes.constant("pair_select", select)
     joined = nodes.add("Concat", vectors, "vectors_flat", axis=1)
     stacked = nodes.add("Reshape", [joined, "stack_shape"], "vectors")
     transposed = nodes.add("Transpose", [stacked], "vectors_t", perm=[0, 2, 1])
     products = nodes.add("MatMul", [stacked, transposed], "products")
     flat = nodes.add("Reshape", [products, "products_shape"], "products_flat")
-    return nodes.add("Gather", [flat, "pair_index"], "dots", axis=1)
+    return nodes.add("MatMul", [flat, "pair_select"], "dots")
