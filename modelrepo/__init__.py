@@ -27,7 +27,7 @@ from modelrepo.layout import (
 from modelrepo.manifest import FORMAT_VERSION, Manifest
 from modelrepo.retrieval import RetrievalVectors, parse_retrieval
 from modelrepo.signature import InputSpec, OutputSpec, Role, Signature, Source, two_id_signature
-from modelrepo.tables import ITEM_FEATURES_FILE, USER_FEATURES_FILE, table_type
+from modelrepo.tables import ITEM_FEATURES_FILE, USER_FEATURES_FILE, table_type, value_fault
 from modelrepo.version import (
     PublishedVersion,
     StoredVersion,
@@ -72,5 +72,6 @@ __all__ = [
     "stamp_version",
     "table_type",
     "two_id_signature",
+    "value_fault",
     "write_version",
 ]

@@ -60,13 +60,21 @@ def check_table_array(spec: InputSpec, array: np.ndarray, rows: int, file: str) 
             f"{where} is {array.dtype}{list(array.shape)}, the signature needs "
             f"{np.dtype(dtype)}{list(shape)}"
         )
+    fault = value_fault(spec, array)
+    if fault:
+        raise VersionError(f"{where} {fault}")
+
+
+def value_fault(spec: InputSpec, array: np.ndarray) -> str | None:
+    """What is wrong with the values of ``array`` as input ``spec`` takes them (numbers not
+    finite, categories outside the vocabulary's rows), or None; the type and shape are the
+    caller's to check."""
     if spec.role is Role.DENSE:
-        if not np.isfinite(array).all():
-            raise VersionError(f"{where} holds values that are not finite")
-        return
-    assert spec.n_rows is not None  # the signature requires it of an id or multi-hot input
-    if array.size and (array.min() < 0 or array.max() >= spec.n_rows):
-        raise VersionError(f"{where} holds categories outside [0, {spec.n_rows})")
+        return None if np.isfinite(array).all() else "holds values that are not finite"
+    n_rows = spec.n_rows or 0  # the signature requires it of an id or multi-hot input
+    if array.size and (array.min() < 0 or array.max() >= n_rows):
+        return f"holds rows outside [0, {n_rows})"
+    return None
 
 
 def table_type(spec: InputSpec, rows: int) -> tuple[type[np.generic], tuple[int, ...]]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from modelrepo import Role, Signature, table_type, two_id_signature
+from modelrepo import Role, Signature, table_type, two_id_signature, value_fault
 from training.models.side import SideFeature
 
 Feeds = Mapping[str, NDArray[Any]]
@@ -43,10 +43,8 @@ def check_feeds(signature: Signature, feeds: Feeds) -> dict[str, NDArray[Any]]:
                 f"input '{spec.name}' is {value.dtype}{list(value.shape)}, expected "
                 f"{np.dtype(dtype)}{list(shape)}"
             )
-        if spec.role is Role.DENSE:
-            if not np.isfinite(value).all():
-                raise ValueError(f"input '{spec.name}' holds values that are not finite")
-        elif value.size and (value.min() < 0 or value.max() >= (spec.n_rows or 0)):
-            raise ValueError(f"input '{spec.name}' holds rows outside [0, {spec.n_rows})")
+        fault = value_fault(spec, value)
+        if fault:
+            raise ValueError(f"input '{spec.name}' {fault}")
         checked[spec.name] = value
     return checked

@@ -26,6 +26,7 @@ from modelrepo import (
     Role,
     Source,
     table_type,
+    value_fault,
 )
 
 FEATURE_SOURCES = (Source.USER_TABLE, Source.ITEM_TABLE, Source.CONTEXT)
@@ -145,11 +146,9 @@ class SideFeature:
                 f"{self.name}: the table is {table.dtype}{list(table.shape)}, expected "
                 f"{np.dtype(dtype)}{list(shape)} with at least the unknown row"
             )
-        if self.role is Role.DENSE:
-            if not np.isfinite(table).all():
-                raise ValueError(f"{self.name}: the table holds values that are not finite")
-        elif table.size and (table.min() < 0 or table.max() >= (self.n_rows or 0)):
-            raise ValueError(f"{self.name}: the table holds categories outside [0, {self.n_rows})")
+        fault = value_fault(spec, table)
+        if fault:
+            raise ValueError(f"{self.name}: the table {fault}")
         if np.any(table[0]):
             raise ValueError(f"{self.name}: row 0 (the unknown id) must hold the defaults")
 
