@@ -276,9 +276,16 @@ class Model(ABC):
         return [layer.weight for layer in self._tower] + [self._head.weight]
 
     def _tower_forward(self, x: Array, rng: Rng | None) -> tuple[Array, list[Array], list[Mask]]:
+        return self._relu_forward(self._tower, x, rng)
+
+    def _relu_forward(
+        self, layers: list[Dense], x: Array, rng: Rng | None
+    ) -> tuple[Array, list[Array], list[Mask]]:
+        """Dense+ReLU ``layers`` over ``x`` (dropout after each with ``rng``): the output, each
+        layer's input and each ReLU's mask (times the dropout multiplier)."""
         inputs: list[Array] = []
         masks: list[Mask] = []
-        for layer in self._tower:
+        for layer in layers:
             inputs.append(x)
             x, relu_mask = ReLU.forward(layer.forward(self.params, x))
             if rng is None:
@@ -289,12 +296,14 @@ class Model(ABC):
         return x, inputs, masks
 
     def _tower_backward(self, dout: Array, cache: ForwardCache, grads: Grads) -> Array:
-        for layer, x, mask in zip(
-            reversed(self._tower),
-            reversed(cache.tower_inputs),
-            reversed(cache.tower_masks),
-            strict=True,
-        ):
+        return self._relu_backward(self._tower, dout, cache.tower_inputs, cache.tower_masks, grads)
+
+    def _relu_backward(
+        self, layers: list[Dense], dout: Array, inputs: list[Array], masks: list[Mask],
+        grads: Grads,
+    ) -> Array:  # fmt: skip
+        """The gradients of ``_relu_forward``'s layers into ``grads``; returns the input's."""
+        for layer, x, mask in zip(reversed(layers), reversed(inputs), reversed(masks), strict=True):
             dout, grads[layer.weight], grads[layer.bias] = layer.backward(
                 self.params, x, ReLU.backward(mask, dout)
             )

@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelrepo import UNKNOWN_ROW, Role, Signature, Source, two_id_signature
-from training.layers import Array, Dense, Embedding, Grads, Mask, Params, ReLU, SparseRows, sigmoid
+from training.layers import Array, Dense, Embedding, Grads, Mask, Params, SparseRows, sigmoid
 from training.models import base
 from training.models.base import ForwardCache, GraphNodes, Model, Rng, Rows, Table, Weights
 from training.models.config import ModelConfig
@@ -299,10 +299,7 @@ class DLRM(Model):
         if self._dense:
             dtype = self.params[self._bottom[0].weight].dtype
             x = np.concatenate([feeds[f.name] for f in self._dense], axis=1).astype(dtype)
-            for layer in self._bottom:
-                cache.bottom_inputs.append(x)
-                x, relu_mask = ReLU.forward(layer.forward(self.params, x))
-                cache.bottom_masks.append(relu_mask)
+            x, cache.bottom_inputs, cache.bottom_masks = self._relu_forward(self._bottom, x, None)
             dense = x
             vectors.append(x)
         stacked = np.stack(vectors, axis=1)
@@ -343,15 +340,7 @@ class DLRM(Model):
             grads[table.name] = table.backward(rows, dvector)
         if self._dense:
             dx: Array = dtop[:, :dim] + dvectors[:, -1]
-            for layer, x, mask in zip(
-                reversed(self._bottom),
-                reversed(cache.bottom_inputs),
-                reversed(cache.bottom_masks),
-                strict=True,
-            ):
-                dx, grads[layer.weight], grads[layer.bias] = layer.backward(
-                    self.params, x, ReLU.backward(mask, dx)
-                )
+            self._relu_backward(self._bottom, dx, cache.bottom_inputs, cache.bottom_masks, grads)
 
     # -- L2 over the looked-up feature rows -----------------------------------------------
 
