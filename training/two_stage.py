@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from modelrepo import RetrievalVectors
+from modelrepo import History, RetrievalVectors
 from training.evaluate import ranking_metrics
 from training.split import Split
 
@@ -57,12 +57,11 @@ class DotIndex:
 
 
 class Seen:
-    """Each user's seen items (CSR over dense indices), as a mask over the catalog."""
+    """Each user's seen items, as a mask over the catalog: the pairs of dense indices held as the
+    :class:`modelrepo.History` of their rows (index + 1), as a version ships its histories."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> None:
-        order = np.argsort(users, kind="stable")
-        self.indices = items[order].astype(np.int64)
-        self.indptr = np.concatenate(([0], np.cumsum(np.bincount(users, minlength=n_users))))
+        self.history = History.from_pairs(users + 1, items + 1, n_users + 1, n_items + 1)
         self.n_items = n_items
 
     @classmethod
@@ -74,13 +73,14 @@ class Seen:
 
     def mask(self, users: np.ndarray) -> np.ndarray:
         """bool [len(users), n_items]: True where the user has seen the item."""
-        starts = self.indptr[users]
-        counts = self.indptr[users + 1] - starts
+        indptr = self.history.indptr
+        starts = indptr[users + 1]
+        counts = indptr[users + 2] - starts
         rows = np.repeat(np.arange(users.size), counts)
         first = np.cumsum(counts) - counts  # where each user's items start among ``rows``
         positions = np.arange(rows.size) - np.repeat(first - starts, counts)
         mask = np.zeros((users.size, self.n_items), dtype=bool)
-        mask[rows, self.indices[positions]] = True
+        mask[rows, self.history.indices[positions] - 1] = True
         return mask
 
 
