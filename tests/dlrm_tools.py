@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo import Source
+from modelrepo.layout import ITEMS_FILE
 from training.models import DLRM, ModelConfig, SideFeature, build_model
 
 N_USER_ROWS, N_ITEM_ROWS = 7, 6
@@ -35,9 +36,19 @@ GENRES = SideFeature.multi_hot(
 YEAR = SideFeature.dense("year", Source.ITEM_TABLE, np.array([[0], [1], [-1], [0.5], [-2], [0.2]]),
                          mean=[1995.0], std=[4.0])  # fmt: skip
 DEVICE = SideFeature.categorical("device", Source.CONTEXT, 3, None)
+# A bag of the user's items (over the item ids): joins the user's vector in the MF head.
+RECENT = SideFeature.multi_hot(
+    "recent_items",
+    Source.USER_TABLE,
+    N_ITEM_ROWS,
+    np.array([[0, 0], [3, 1], [0, 0], [5, 2], [1, 0], [4, 4], [2, 0]]),
+    vocabulary=ITEMS_FILE,
+)
 
 FEATURE_SETS: dict[str, tuple[SideFeature, ...]] = {
     "all": (OCCUPATION, AGE, GENRES, YEAR),
+    "all_and_history": (OCCUPATION, AGE, GENRES, YEAR, RECENT),
+    "history": (RECENT,),
     "no_numeric": (OCCUPATION, GENRES),
     "numeric_only": (AGE,),
     "ids_only": (),

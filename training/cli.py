@@ -102,6 +102,7 @@ FLAG_RULES: dict[str, Rule] = {
     "l2": _NOT_NEGATIVE,
     "dropout": _RATE,
     "id_dropout": _RATE,
+    "history_items": _at_least(0),
     "lr": _ABOVE_0,
     "lr_decay": Rule(lambda value: 0.0 < value <= 1.0, "must be in (0, 1]"),
     "batch_size": _at_least(1),

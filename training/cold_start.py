@@ -12,6 +12,7 @@ and the same lists are scored by popularity, so that the two figures compare on 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from modelrepo import UNKNOWN_ROW
 from training.data import DataError, Interactions
 from training.evaluate import Metrics, Popularity, Scorer, evaluate
 from training.feature_inputs import FeatureInputs
+from training.item_history import HISTORY_INPUT, preceding_items
 from training.models import DLRM, Model
 from training.split import Candidates, PairSet, sample_distinct
 
@@ -42,14 +44,8 @@ class ColdUsers:
         against ``NEGATIVES`` of those items the user never interacted with. ``users`` index
         :attr:`ids`, items are dense indices into ``item_ids``. Users without such an
         interaction, or with too few other items, are left out."""
-        index = {raw: at for at, raw in enumerate(item_ids)}
-        items = np.array([index.get(raw, -1) for raw in self.items], dtype=np.int64)
-        known = items >= 0
-        users, items = self.users[known], items[known]
-        position = np.arange(users.size, dtype=np.int64)
-        order = np.lexsort((position, self.timestamps[known], users))
-        users, items = users[order], items[order]
-        last = np.flatnonzero(np.r_[users[1:] != users[:-1], True]) if users.size else users
+        users, items = self._known(item_ids)
+        last = _last_of_each(users)
         seen = PairSet(users, items, len(self.ids), len(item_ids))
         room = len(item_ids) - seen.per_user[users[last]]
         last = last[room >= NEGATIVES]
@@ -57,6 +53,32 @@ class ColdUsers:
         rng = np.random.default_rng([seed, 0xC01D])
         negatives = sample_distinct(rng, chosen, NEGATIVES, seen)
         return Candidates(chosen, np.concatenate([items[last, None], negatives], axis=1))
+
+    def latest_before_test(self, item_ids: list[str], k: int) -> np.ndarray:
+        """Per cold user (rows of :attr:`ids`), the item rows (dense index + 1) of the ``k``
+        interactions with items of ``item_ids`` just before the one :meth:`candidates` holds out,
+        latest first, padded with 0: what a caller would send as their recent items."""
+        users, items = self._known(item_ids)
+        last = _last_of_each(users)
+        bags = np.zeros((len(self.ids), k), dtype=np.int64)
+        bags[users[last]] = preceding_items(users, items, k)[last]
+        return bags
+
+    def _known(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The interactions with items of ``item_ids`` (dense indices into it), by user, oldest
+        first."""
+        index = {raw: at for at, raw in enumerate(item_ids)}
+        items = np.array([index.get(raw, -1) for raw in self.items], dtype=np.int64)
+        known = items >= 0
+        users, items = self.users[known], items[known]
+        position = np.arange(users.size, dtype=np.int64)
+        order = np.lexsort((position, self.timestamps[known], users))
+        return users[order], items[order]
+
+
+def _last_of_each(users: np.ndarray) -> np.ndarray:
+    """The index of each user's last entry in ``users`` (sorted by user)."""
+    return np.flatnonzero(np.r_[users[1:] != users[:-1], True]) if users.size else users
 
 
 def hold_out_users(
@@ -96,16 +118,17 @@ def hold_out_users(
     return warm, held
 
 
-def cold_scorer(model: Model, inputs: FeatureInputs) -> Scorer:
+def cold_scorer(model: Model, user_rows: Mapping[str, np.ndarray]) -> Scorer:
     """Scores (cold user index, dense item) pairs as the server scores an unknown user: id row 0,
-    the user's own features (a model without side features: row 0 alone)."""
+    the user's own features ``user_rows`` (by input, a row per cold user; a model without side
+    features: row 0 alone)."""
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         unknown = np.full(users.shape, UNKNOWN_ROW, dtype=np.int64)
         if not isinstance(model, DLRM):
             return model.predict(unknown, items + 1)
         feeds = model.inputs_for(unknown, items + 1)
-        for name, rows in inputs.cold_user_rows.items():
+        for name, rows in user_rows.items():
             feeds[name] = rows[users]
         return model.predict_inputs(feeds)
 
@@ -125,7 +148,11 @@ def evaluate_cold(
     candidates = cold.candidates(item_ids, seed)
     if not len(candidates):
         raise DataError("no cold-start user has an interaction with an item the model knows")
-    ours: Metrics = evaluate(cold_scorer(model, inputs), candidates)
+    user_rows = dict(inputs.cold_user_rows)
+    k = model.config.history_items
+    if k:
+        user_rows[HISTORY_INPUT] = cold.latest_before_test(item_ids, k)
+    ours: Metrics = evaluate(cold_scorer(model, user_rows), candidates)
     baseline = evaluate(popularity, candidates)
     return {
         "fraction": cold.fraction,
@@ -170,7 +197,8 @@ def side_records(
     seed: int,
 ) -> dict[str, Any]:
     """The manifest records of a run's side features and cold-start evaluation (empty without)."""
-    records: dict[str, Any] = {"features": inputs.record()} if inputs.features else {}
+    features = model.side_features
+    records: dict[str, Any] = {"features": inputs.record(features)} if features else {}
     if cold is not None:
         records["cold_start"] = evaluate_cold(cold, model, inputs, popularity, item_ids, seed)
     return records

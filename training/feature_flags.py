@@ -71,6 +71,15 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
         help="most categories kept per multi-hot bag (default: the longest bag)",
     )
     group.add_argument(
+        "--history-items",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add each user's K latest items as a feature (a bag over the item ids: the K "
+        "before each training interaction, the K latest in the published table; a caller may "
+        "send their own as user_features.recent_items); default 0: none",
+    )
+    group.add_argument(
         "--cold-start-users",
         type=_fraction,
         default=0.0,
@@ -83,6 +92,11 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
 def feature_options(args: argparse.Namespace) -> FeatureOptions | None:
     """The side-feature options the flags describe, None without feature files; ValueError
     naming the flag when they do not fit the other flags."""
+    if args.history_items and args.kind != FEATURE_KIND:
+        raise ValueError(
+            f"--history-items needs --kind {FEATURE_KIND} (the kind that reads side features), "
+            f"got --kind {args.kind}"
+        )
     if args.user_features is None and args.item_features is None:
         given: dict[str, object] = {
             "--feature-kind": args.feature_kind,

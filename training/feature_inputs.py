@@ -81,9 +81,10 @@ class FeatureInputs:
         """What ``write_version(tables=...)`` takes."""
         return feature_tables(self.features)
 
-    def record(self) -> dict[str, Any]:
-        """The manifest's ``features`` record: each input, whether a caller may or must send it,
-        and the reading notes."""
+    def record(self, features: Sequence[SideFeature]) -> dict[str, Any]:
+        """The manifest's ``features`` record: each input of ``features`` (the model's: these
+        and any the training adds, as the user's latest items), whether a caller may or must send
+        it, and the reading notes."""
         inputs = [
             {
                 "input": feature.name,
@@ -92,7 +93,7 @@ class FeatureInputs:
                 "role": str(feature.role),
                 "caller": feature.input_spec().caller,
             }
-            for feature in self.features
+            for feature in features
         ]
         return {"inputs": inputs, "notes": list(self.notes)}
 

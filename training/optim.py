@@ -9,6 +9,7 @@ in TensorFlow's LazyAdam and PyTorch's SparseAdam): the state of other rows stay
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -193,13 +194,17 @@ def train_step(
     labels: np.ndarray,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
+    sample_features: Mapping[str, np.ndarray] | None = None,
 ) -> float:
-    """Forward, loss, backward and one optimizer step on a mini-batch of embedding rows.
+    """Forward, loss, backward and one optimizer step on a mini-batch of embedding rows
+    (``sample_features``: per-row side-feature values, as ``Model.forward`` takes them).
 
     Returns the batch's objective: mean (``weights``-weighted) binary cross-entropy plus the L2
     term.
     """
-    logits, cache = model.forward(users, items, train=True, rng=rng)
+    logits, cache = model.forward(
+        users, items, train=True, rng=rng, sample_features=sample_features
+    )
     loss, dlogits = bce_with_logits(logits, labels, weights)
     loss += model.regularization(cache)
     optimizer.step(model.backward(cache, dlogits))

@@ -39,7 +39,7 @@ from training.data import ML1M, Format, Interactions, SyntheticSpec, load, synth
 from training.evaluate import Metrics, Popularity, evaluate
 from training.feature_inputs import FeatureOptions, prepare
 from training.graph_check import graph_and_parity
-from training.models import ModelConfig
+from training.models import ModelConfig, feature_tables
 from training.plot import CurveLabels, plot_history
 from training.recent import RecentOptions, choose_recent, recent_lines
 from training.refit import ConcurrentRefit, Refit
@@ -199,7 +199,7 @@ def run_pipeline(config: PipelineConfig, *, log: TextIO | None = None) -> Pipeli
         graph,
         {**vocabularies(signature, data), **side.vocabularies},
         extra_files,
-        side.tables,
+        feature_tables(published_model.side_features),
         retrieval=retrieval.vectors,
     )
     if published.version != version:

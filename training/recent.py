@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from training.evaluate import Metrics, evaluate
+from training.item_history import LatestItems
 from training.models import Model
 from training.split import Split
 from training.train import scorer
@@ -99,26 +100,6 @@ class RecentOptions:
         blends = [Blend(*values) for values in itertools.product(shares, items, decays)]
         on = [blend for blend in blends if not blend.off]
         return ([OFF] if len(on) < len(blends) else []) + on
-
-
-class LatestItems:
-    """Each user's latest item rows, by embedding row: ``rows[u, t]`` is the item of age ``t``
-    (0: the latest) of user row ``u``, -1 past the user's history. Row 0 (unknown) has none."""
-
-    def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, depth: int) -> None:
-        """``users``, ``items``: dense indices, each user's in time order (users may interleave:
-        a split's hold-outs come after its training positives)."""
-        order = np.argsort(users, kind="stable")
-        users, items = users[order], items[order]
-        after = np.searchsorted(users, users, side="right")
-        age = after - 1 - np.arange(users.size)
-        keep = age < depth
-        self.rows = np.full((n_users + 1, depth), -1, np.int64)
-        self.rows[users[keep] + 1, age[keep]] = items[keep] + 1
-
-    @classmethod
-    def of(cls, split: Split, depth: int) -> LatestItems:
-        return cls(split.train_users, split.train_items, split.n_users, depth)
 
 
 def blended_users(params: dict[str, np.ndarray], latest: LatestItems, blend: Blend) -> np.ndarray:

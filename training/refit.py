@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from training.item_history import with_history
 from training.models import Model, ModelConfig, SideFeature, build_model
 from training.split import Split
 from training.threads import limit_blas_threads
@@ -121,6 +122,7 @@ class ConcurrentRefit:
     ) -> None:
         self._shape = (split.n_users + 1, split.n_items + 1)
         self._model_config, self._config = model_config, config
+        self._model_features = with_history(features, split, model_config.history_items)
         self._features = tuple(features)  # the child trains on the same side features
         ours, theirs = socket.socketpair()
         try:
@@ -151,7 +153,9 @@ class ConcurrentRefit:
         if kind != "params":
             raise RuntimeError(f"refit on all interactions failed: {value}")
         params, losses = value
-        model = build_model(self._model_config, *self._shape, self._config.seed, self._features)
+        model = build_model(
+            self._model_config, *self._shape, self._config.seed, self._model_features
+        )
         for name, array in params.items():
             model.params[name][...] = array
         return Refit(model, list(losses))

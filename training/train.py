@@ -17,6 +17,7 @@ import numpy as np
 
 from modelrepo import UNKNOWN_ROW
 from training.evaluate import Metrics, evaluate
+from training.item_history import HISTORY_INPUT, training_bags, with_history
 from training.models import Model, ModelConfig, SideFeature, build_model
 from training.optim import SGD, Adam, train_step
 from training.progress import ProgressBar
@@ -136,7 +137,7 @@ def epoch_samples(
     unknown_rate: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffled (user rows, item rows, labels) for one epoch: positives plus fresh negatives."""
-    users, items, labels, _ = weighted_epoch_samples(
+    users, items, labels, _, _ = weighted_epoch_samples(
         split, sampler, rng, negatives, unknown_rate, None
     )
     return users, items, labels
@@ -149,9 +150,10 @@ def weighted_epoch_samples(
     negatives: int,
     unknown_rate: float,
     positive_weights: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """``epoch_samples`` and each sample's loss weight: ``positive_weights`` (one per training
-    positive) for positives, 1 for negatives; None when ``positive_weights`` is None.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """``epoch_samples``, each sample's loss weight: ``positive_weights`` (one per training
+    positive) for positives, 1 for negatives (None when ``positive_weights`` is None), and each
+    sample's origin: the index of the training positive it is or was drawn for.
 
     Negatives keep weight 1: giving each the weight of the positive it was drawn for measured
     worse on MovieLens 100K (``bench/README.md``), as it also mutes the old items' negatives.
@@ -162,10 +164,12 @@ def weighted_epoch_samples(
     valid = neg_items >= 0
     users = np.concatenate([pos_users, neg_users[valid]]) + 1
     items = np.concatenate([pos_items, neg_items[valid]]) + 1
+    positives = np.arange(pos_users.size)
+    origins = np.concatenate([positives, np.repeat(positives, negatives)[valid]])
     labels = np.zeros(users.size, dtype=np.float32)
     labels[: pos_users.size] = 1.0
     order = rng.permutation(users.size)
-    users, items, labels = users[order], items[order], labels[order]
+    users, items, labels, origins = users[order], items[order], labels[order], origins[order]
     weights: np.ndarray | None = None
     if positive_weights is not None:
         weights = np.ones(users.size, dtype=np.float32)
@@ -174,7 +178,7 @@ def weighted_epoch_samples(
     if unknown_rate > 0:
         users[rng.random(users.size) < unknown_rate] = UNKNOWN_ROW
         items[rng.random(items.size) < unknown_rate] = UNKNOWN_ROW
-    return users, items, labels, weights
+    return users, items, labels, weights, origins
 
 
 def _optimizer(model: Model, config: TrainConfig) -> Adam | SGD:
@@ -204,9 +208,12 @@ class EpochLoop:
     ) -> None:
         self.split = split
         self.config = config
+        k = model_config.history_items
         self.model = build_model(
-            model_config, split.n_users + 1, split.n_items + 1, config.seed, features
-        )
+            model_config, split.n_users + 1, split.n_items + 1, config.seed,
+            with_history(features, split, k),
+        )  # fmt: skip
+        self.bags = training_bags(split, k)
         self.optimizer = _optimizer(self.model, config)
         self.rng = np.random.default_rng([config.seed, 0x7A1])
         self.sampler = NegativeSampler(
@@ -223,9 +230,10 @@ class EpochLoop:
         config, model = self.config, self.model
         t0 = time.perf_counter()
         self.optimizer.lr = config.epoch_lr(epoch)
-        users, items, labels, weights = weighted_epoch_samples(
+        users, items, labels, weights, origins = weighted_epoch_samples(
             self.split, self.sampler, self.rng, config.negatives, config.unknown_rate, self.weights
         )
+        bags = self.bags
         bar = ProgressBar(
             users.size, f"epoch {epoch}/{config.epochs}", stream=stream, enabled=not quiet
         )
@@ -240,6 +248,7 @@ class EpochLoop:
                 labels[start:stop],
                 self.rng,
                 None if weights is None else weights[start:stop],
+                None if bags is None else {HISTORY_INPUT: bags[origins[start:stop]]},
             )
             total_loss += loss * (stop - start)
             bar.update(stop, total_loss / stop)

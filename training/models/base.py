@@ -174,15 +174,30 @@ class Model(ABC):
     def signature(self) -> Signature:
         return self.signature_for(self.params)
 
+    @property
+    def side_features(self) -> tuple[SideFeature, ...]:
+        """The side features the model reads beside the two ids (none for most kinds)."""
+        return ()
+
     # -- training and inference -----------------------------------------------------------
 
     def forward(
-        self, users: Rows, items: Rows, *, train: bool = False, rng: Rng | None = None
+        self,
+        users: Rows,
+        items: Rows,
+        *,
+        train: bool = False,
+        rng: Rng | None = None,
+        sample_features: Mapping[str, NDArray[Any]] | None = None,
     ) -> tuple[Array, ForwardCache]:
         """Logits [N] for embedding rows ``users``/``items`` [N] and the cache for backward.
 
         With ``train`` and a non-zero dropout rate, ``rng`` draws the dropout masks.
+        ``sample_features``: per-row values of side features that replace the tables' (only a kind
+        that reads side features takes them).
         """
+        if sample_features:
+            raise ValueError(f"a {self.kind} model takes no side features")
         self._check_rows(users, self.n_user_rows, "user")
         self._check_rows(items, self.n_item_rows, "item")
         if users.shape != items.shape:

@@ -27,7 +27,8 @@ class ModelConfig:
     numeric side features (a last ReLU layer to ``embedding_dim`` follows; empty: that layer
     alone); ``id_dropout`` is the rate at which training replaces a sample's user id by the
     unknown row while keeping that user's features, so that the model learns to score a user it
-    never saw from their features (cold start).
+    never saw from their features (cold start). ``history_items`` K > 0 adds the user's latest K
+    items as a bag (``training.item_history``).
     """
 
     kind: str = "mf"
@@ -38,6 +39,7 @@ class ModelConfig:
     dropout: float = 0.0
     bottom: tuple[int, ...] = (32,)
     id_dropout: float = 0.3
+    history_items: int = 0
 
     def __post_init__(self) -> None:
         registered(self.kind)  # raises ValueError naming the registered kinds
@@ -53,3 +55,5 @@ class ModelConfig:
             raise ValueError(f"bottom needs positive layer widths, got {self.bottom}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.history_items < 0:
+            raise ValueError(f"history_items must be >= 0, got {self.history_items}")

@@ -25,7 +25,7 @@ users HR@10 on MovieLens 100K (0.415 against 0.426 at rate 0.3, 0.415 against 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -45,7 +45,7 @@ from training.models.dlrm_graph import (
     mf_head_graph,
     side_param,
 )
-from training.models.dlrm_inputs import Feeds, check_feeds, dlrm_signature
+from training.models.dlrm_inputs import Feeds, check_feeds, dlrm_signature, joins_user_vector
 from training.models.registry import register
 from training.models.side import SideFeature
 
@@ -119,6 +119,10 @@ class DLRM(Model):
             )
         n_vectors = 2 + len(self._embedded) + (1 if self._dense else 0)
         self._pairs = np.triu_indices(n_vectors, k=1)
+        self._joining = [
+            k for k, f in enumerate(self._embedded, start=2) if joins_user_vector(f.input_spec())
+        ]
+        """The vectors (indices into the stack) that join the user's in the MF head."""
 
     # -- parameters and signature ---------------------------------------------------------
 
@@ -202,6 +206,10 @@ class DLRM(Model):
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def side_features(self) -> tuple[SideFeature, ...]:
+        return self.features
+
     def _weight_names(self) -> list[str]:
         return super()._weight_names() + [layer.weight for layer in self._bottom]
 
@@ -229,15 +237,28 @@ class DLRM(Model):
     # -- forward and backward -------------------------------------------------------------
 
     def forward(
-        self, users: Rows, items: Rows, *, train: bool = False, rng: Rng | None = None
+        self,
+        users: Rows,
+        items: Rows,
+        *,
+        train: bool = False,
+        rng: Rng | None = None,
+        sample_features: Mapping[str, NDArray[Any]] | None = None,
     ) -> tuple[Array, ForwardCache]:
-        """Logits for id rows, their features gathered from the tables; in training, user ids
-        replaced by the unknown row at rate ``id_dropout`` (their features kept)."""
+        """Logits for id rows, their features gathered from the tables (``sample_features``
+        replaces a table's rows by per-row values: a training positive's preceding items); in
+        training, user ids replaced by the unknown row at rate ``id_dropout`` (their features
+        kept)."""
         self._check_rows(users, self.n_user_rows, "user")
         self._check_rows(items, self.n_item_rows, "item")
         if users.shape != items.shape:
             raise ValueError(f"users {users.shape} and items {items.shape} differ in shape")
         feeds = self.inputs_for(users, items)
+        if sample_features:
+            unknown = set(sample_features) - {f.name for f in self.features if f.table is not None}
+            if unknown:
+                raise ValueError(f"sample features {sorted(unknown)} are not table features")
+            feeds = check_feeds(self._signature, {**feeds, **sample_features})
         rate = self.config.id_dropout
         if train and rate > 0.0:
             if rng is None:
@@ -307,7 +328,8 @@ class DLRM(Model):
         top = dots if dense is None else np.concatenate([dense, dots], axis=1)
         tower, cache.tower_inputs, cache.tower_masks = self._tower_forward(top, rng)
         biases = (self._lookup("user_bias", users), self._lookup("item_bias", items))
-        cache.head_input = np.concatenate([tower, vectors[0] * vectors[1], *biases], axis=1)
+        user = sum((vectors[k] for k in self._joining), start=vectors[0])
+        cache.head_input = np.concatenate([tower, user * vectors[1], *biases], axis=1)
         cache.vectors = stacked
         return cache
 
@@ -322,8 +344,10 @@ class DLRM(Model):
         dproducts = np.zeros((n, n_vectors, n_vectors), dtype=dtop.dtype)
         dproducts[:, self._pairs[0], self._pairs[1]] = ddots
         dvectors = dproducts @ stacked + dproducts.transpose(0, 2, 1) @ stacked
-        dvectors[:, 0] += dproduct * stacked[:, 1]
-        dvectors[:, 1] += dproduct * stacked[:, 0]
+        user = stacked[:, [0, *self._joining]].sum(axis=1)
+        for k in (0, *self._joining):
+            dvectors[:, k] += dproduct * stacked[:, 1]
+        dvectors[:, 1] += dproduct * user
         users, items = cache.users, cache.items
         grads["user_emb"] = self._embeddings["user_emb"].backward(users, dvectors[:, 0])
         grads["item_emb"] = self._embeddings["item_emb"].backward(items, dvectors[:, 1])

@@ -19,6 +19,7 @@ import numpy as np
 
 from modelrepo import Role, Signature, Source
 from training.models.base import GraphNodes, Weights
+from training.models.dlrm_inputs import joins_user_vector
 
 _IDS = {Source.USER: "user_emb", Source.ITEM: "item_emb"}
 _INT64 = 7
@@ -70,11 +71,16 @@ def interaction_graph(nodes: GraphNodes, params: Weights, signature: Signature) 
 
 def mf_head_graph(nodes: GraphNodes, signature: Signature, tower: str) -> str:
     """The output layer's input: the top MLP's output ``tower``, the element-wise product of the
-    id vectors ``interaction_graph`` gathered, the user's and the item's bias."""
+    user's vector (its id's, plus any bag of its items: ``joins_user_vector``) and the item's,
+    the user's and the item's bias."""
     user, item = (signature.one_from(source) for source in (Source.USER, Source.ITEM))
     if user is None or item is None:
         raise ValueError("a dlrm model takes a user and an item input")
-    product = nodes.add("Mul", [f"{user.name}_vec", f"{item.name}_vec"], "mf_product")
+    joining = [f"{spec.name}_vec" for spec in signature.inputs if joins_user_vector(spec)]
+    vector = f"{user.name}_vec"
+    if joining:
+        vector = nodes.add("Sum", [vector, *joining], "mf_user")
+    product = nodes.add("Mul", [vector, f"{item.name}_vec"], "mf_product")
     user_bias = nodes.add("Gather", ["user_bias", user.name], "user_bias_row", axis=0)
     item_bias = nodes.add("Gather", ["item_bias", item.name], "item_bias_row", axis=0)
     return nodes.add("Concat", [tower, product, user_bias, item_bias], "head_in", axis=1)

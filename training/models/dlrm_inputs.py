@@ -10,11 +10,24 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from modelrepo import Role, Signature, table_type, two_id_signature, value_fault
+from modelrepo import Role, Signature, Source, table_type, two_id_signature, value_fault
+from modelrepo.layout import ITEMS_FILE
+from modelrepo.signature import InputSpec
 from training.models.side import SideFeature
 
 Feeds = Mapping[str, NDArray[Any]]
 """Every input of the signature by name, as the ONNX graph takes them."""
+
+
+def joins_user_vector(spec: InputSpec) -> bool:
+    """Whether input ``spec`` is a bag of the user's items (a user-side multi-hot input over the
+    item ids), whose mean embedding joins the user's id vector in the MF head (SVD++'s implicit
+    feedback term: a user is also what they interacted with)."""
+    return (
+        spec.role is Role.MULTI_HOT
+        and spec.source is Source.USER_TABLE
+        and spec.vocabulary == ITEMS_FILE
+    )
 
 
 def dlrm_signature(

@@ -53,6 +53,9 @@ class SideFeature:
     n_rows: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    shared_vocabulary: str | None = None
+    """A vocabulary file of the version the feature's categories are the ids of (the item ids'
+    for a bag of items), instead of a file of its own."""
 
     def __post_init__(self) -> None:
         if self.source not in FEATURE_SOURCES:
@@ -76,13 +79,21 @@ class SideFeature:
 
     @classmethod
     def multi_hot(
-        cls, feature: str, source: Source, n_rows: int, table: NDArray[Any] | None, length: int = 0
+        cls,
+        feature: str,
+        source: Source,
+        n_rows: int,
+        table: NDArray[Any] | None,
+        length: int = 0,
+        vocabulary: str | None = None,
     ) -> SideFeature:
         """A bag of categories per row: ``table`` int64 [rows, L] padded with 0 (``length`` L is
-        the table's second axis, needed only for a context feature)."""
+        the table's second axis, needed only for a context feature); ``vocabulary``: a file the
+        version already ships whose ids the categories are (default: the feature's own)."""
         column = _as(table, np.int64)
         width = column.shape[1] if column is not None and column.ndim == 2 else length
-        return cls(feature, source, Role.MULTI_HOT, width, column, n_rows)
+        return cls(feature, source, Role.MULTI_HOT, width, column, n_rows,
+                   shared_vocabulary=vocabulary)  # fmt: skip
 
     @classmethod
     def dense(
@@ -116,7 +127,9 @@ class SideFeature:
     @property
     def vocabulary(self) -> str | None:
         """The vocabulary file of a categorical or multi-hot feature."""
-        return f"vocab_{self.name}.txt" if self.embedded else None
+        if not self.embedded:
+            return None
+        return self.shared_vocabulary or f"vocab_{self.name}.txt"
 
     @property
     def table_file(self) -> str | None:
