@@ -7,9 +7,10 @@ Requests still queued as the grace period ends are answered 503 rather than drop
 still sending a body are cut off (service.http.protocol), and a model load in progress (also one
 at startup) is abandoned at its next step; the last half second of the grace period is kept for
 stopping, so the process is gone within it.
-With ``workers > 1`` a small supervisor binds the socket once, starts the workers (each builds its
-own app from ``RECSERVE_*`` environment variables), forwards the signal and restarts a worker that
-dies; the workers' metrics meet in a directory it creates (see service.metrics.multiprocess).
+With ``workers > 1`` a small supervisor binds a socket per worker on the one address (the kernel
+spreads connections over them), starts the workers (each builds its own app from ``RECSERVE_*``
+environment variables), forwards the signal and restarts a worker that dies on its socket; the
+workers' metrics meet in a directory it creates (see service.metrics.multiprocess).
 """
 
 from __future__ import annotations
@@ -198,8 +199,48 @@ def _worker_main(sock: socket.socket, supervisor_pid: int) -> None:
     raise SystemExit(_serve_app(Settings(), [sock], supervisor_pid))
 
 
+def worker_sockets(config: uvicorn.Config, workers: int) -> list[socket.socket]:
+    """One listening socket per worker, bound to the same address with ``SO_REUSEPORT``, so
+    that the kernel spreads new connections over the workers (by a hash of each connection's
+    addresses).
+
+    On one shared socket, the worker whose event loop wakes first accepts every connection then
+    waiting (asyncio accepts up to the backlog per wake-up): a client opening 16 keep-alive
+    connections at once had them split 14 / 2 or 11 / 5 between two workers, leaving one core
+    mostly idle for as long as they lasted. The supervisor keeps every socket open, so a
+    restarted worker takes over its predecessor's socket and the connections waiting on it.
+
+    The address is first bound without ``SO_REUSEPORT`` (and released): a port another server
+    already listens on is refused as with one socket, never silently shared. Without
+    ``SO_REUSEPORT`` (or for a Unix socket or an inherited descriptor) all share one socket.
+    """
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    if workers < 2 or reuse_port is None or config.uds is not None or config.fd is not None:
+        return [config.bind_socket()] * workers
+    probe = config.bind_socket()  # binds (exits naming the error if taken) and logs the address
+    host, port = probe.getsockname()[:2]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            sock = socket.socket(probe.family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+            if not sockets[1:]:
+                probe.close()  # the port is ours: hand it to the sockets that share it
+            sock.bind((host, port))
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        logger.error("cannot bind %s:%s for %d workers: %s", host, port, workers, exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    return sockets
+
+
 class _Supervisor:
-    """Starts ``workers`` processes on one listening socket and stops them on a signal."""
+    """Starts ``workers`` processes, each on its listening socket (:func:`worker_sockets`), and
+    stops them on a signal."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -223,16 +264,17 @@ class _Supervisor:
 
     def run(self) -> int:
         config = uvicorn_config(self.settings, "service.app:app_from_env")
-        sock = config.bind_socket()
+        sockets = worker_sockets(config, self.settings.workers)
         # Listen now: connections made while the workers start and load their models wait in the
         # backlog until a worker accepts them, instead of being refused.
-        sock.listen(config.backlog)
+        for sock in dict.fromkeys(sockets):
+            sock.listen(config.backlog)
         multiprocessing.allow_connection_pickling()
         os.environ.update(settings_to_env(self.settings))
         metrics_dir = multiprocess_metrics.create_shared_dir()  # before any worker starts
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.processes = [self._start_worker(sock) for _ in range(self.settings.workers)]
+            self.processes = [self._start_worker(sock) for sock in sockets]
             while not self.stop.wait(_SUPERVISOR_TICK_S):
                 for index, process in enumerate(self.processes):
                     if process.exitcode is None:
@@ -246,12 +288,13 @@ class _Supervisor:
                     )
                     if process.pid is not None:
                         multiprocess_metrics.worker_exited(metrics_dir, process.pid)
-                    self.processes[index] = self._start_worker(sock)
+                    self.processes[index] = self._start_worker(sockets[index])
             return self._join()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            sock.close()
+            for sock in dict.fromkeys(sockets):
+                sock.close()
             multiprocess_metrics.remove_shared_dir(metrics_dir)
 
     def _join(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from pydantic import SecretStr
 
@@ -267,3 +270,59 @@ def test_uvicorn_uses_uvloop_and_httptools_when_installed() -> None:
     assert config.port == 1234
     assert config.timeout_graceful_shutdown == 3
     assert not config.access_log
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    """The supervisor's workers (not multiprocessing's resource tracker)."""
+    return [
+        child.pid
+        for child in psutil.Process(server_pid).children()
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]
+
+
+def _open_connections(url: str, n: int) -> list[socket.socket]:
+    """``n`` keep-alive connections, each answered once (so each has been accepted)."""
+    host, port = url.removeprefix("http://").split(":")
+    opened = [socket.create_connection((host, int(port)), timeout=60) for _ in range(n)]
+    for sock in opened:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+    for sock in opened:
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "a connection was not served"
+    return opened
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Path) -> None:
+    """Each worker listens on its own socket (SO_REUSEPORT): 16 connections opened together land
+    on both workers, not all on whichever woke first; a worker killed is restarted on its socket
+    and the connections made meanwhile wait for it rather than fail."""
+    publish_random_version(tmp_path / "repo", "recs", n_users=N_USERS, n_items=N_ITEMS)
+    server = start_server(tmp_path / "repo", tmp_path / "server.log", "--workers", "2")
+    port = int(server.url.rsplit(":", 1)[1])
+    opened: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        opened = _open_connections(server.url, 16)
+        held = {
+            pid: sum(
+                1
+                for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+            )
+            for pid in _worker_pids(server.process.pid)
+        }
+        assert sorted(held.values())[0] >= 2 and sum(held.values()) == 16, held
+        for sock in opened:
+            sock.close()
+        victim = _worker_pids(server.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        opened = _open_connections(server.url, 16)  # some wait on the dead worker's socket
+        assert server.log().count("restarting") == 1, server.log()
+    finally:
+        for sock in opened:
+            sock.close()
+        status = server.stop(60)
+    assert status == 0, server.log()

@@ -26,8 +26,8 @@ import tritonclient.http as triton
 from modelrepo import InputSpec, Role, Source, Vocabulary
 from service.errors import InvalidInput
 from service.v1.feature_values import Encoded, encode_value
-from service.v1.recommend import feeding_of, recommend
-from service.v1.schemas import RecommendRequest
+from service.v1.recommend import feeding_of, recommend, score
+from service.v1.schemas import RecommendRequest, ScoreRequest
 from tests.feature_factories import AGE_MEAN, AGE_STD, BAG, DEVICES, FeatureModel
 from tests.feature_factories import publish_feature_model as publish
 from tests.model_tools import run, serving
@@ -267,16 +267,26 @@ def test_the_catalogs_item_features_are_built_once_per_version(tmp_path: Path) -
         async with serving(tmp_path) as (reconciler, _):
             served = reconciler.registry.get(MODEL)
             fed: list[dict[str, np.ndarray]] = []
-            infer = served.infer
+            infer_built = served.infer_built
 
             async def recording(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 fed.append(dict(inputs))
-                return await infer(inputs)
+                # /v1 skips the checks of a caller's tensors: what it builds must pass them as is.
+                checked, n = served._validate(inputs)
+                assert n == len(inputs["item"])
+                for name, value in checked.items():
+                    assert value.dtype == inputs[name].dtype and value.shape == inputs[name].shape
+                return await infer_built(inputs)
 
-            served.infer = recording  # type: ignore[method-assign]
+            served.infer_built = recording  # type: ignore[method-assign]
             for user in ("u1", "u2", "stranger"):
                 body = {"user_id": user, "context": {"device": "tv"}}
                 await recommend(served, RecommendRequest.model_validate(body))
+            features = {"age": 30, "occupation": "artist", "favourites": ["noir"]}
+            sent = {"user_id": "nobody", "context": {"device": "phone"}, "user_features": features}
+            await recommend(served, RecommendRequest.model_validate(sent))
+            await score(served, ScoreRequest.model_validate({**sent, "item_ids": ["i1", "zz"]}))
+            fed = fed[:3]
             catalog = feeding_of(served).catalog
             genres = catalog.features["item_genres"]
             assert all(inputs["item_genres"] is genres for inputs in fed)

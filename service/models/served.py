@@ -92,6 +92,16 @@ class ServedVersion:
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check every input against the signature, then queue them; returns the outputs."""
         feeds, n = self._validate(inputs)
+        return await self._queue(feeds, n)
+
+    async def infer_built(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue feeds the server built itself from this version's vocabularies and tables
+        (``/v1``: every input of the signature, of its type and shape, rows within range; what a
+        caller sent already checked and encoded), without :meth:`infer`'s per-input checks, which
+        a caller's tensors need and these would only repeat."""
+        return await self._queue(feeds, next(iter(feeds.values())).shape[0])
+
+    async def _queue(self, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         if n == 0:
             return dict(self._empty)
         if self._batcher.closing and self.replaced_by is not None:

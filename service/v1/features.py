@@ -78,15 +78,23 @@ class SideInputs:
             raise refuse(f"{CONTEXT}.{missing[0]}", f"{self._where} needs it in every request")
         return encoded
 
-    def user_rows(self, user_row: int, encoded: Encoded) -> dict[str, np.ndarray]:
-        """One row per user-side input: the table's, replaced by what the request sent."""
-        rows = {name: table[user_row] for name, table in self._user_tables.items()}
-        rows.update(encoded.rows)
-        return rows
+    def users(self, user_row: int, n: int, encoded: Encoded) -> dict[str, np.ndarray]:
+        """The user-side inputs of ``n`` rows of one user: the table's row, replaced by what the
+        request sent, repeated ``n`` times (contiguous, as the runtime takes them)."""
+        index = np.full(n, user_row, dtype=np.intp)
+        feeds = {
+            name: table.take(index, axis=0)
+            for name, table in self._user_tables.items()
+            if name not in encoded.rows
+        }
+        for name, row in encoded.rows.items():
+            feeds[name] = np.repeat(row[np.newaxis], n, axis=0)
+        return feeds
 
     def items(self, item_rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The item-side inputs of the candidates ``item_rows``: one gather per table column."""
-        return {name: table[item_rows] for name, table in self._item_tables.items()}
+        """The item-side inputs of the candidates ``item_rows``: one gather per table column
+        (``take``: a fraction of a fancy index's time on a 2-D column)."""
+        return {name: table.take(item_rows, axis=0) for name, table in self._item_tables.items()}
 
 
 def _columns(version: ServedVersion, specs: Iterable[InputSpec]) -> dict[str, np.ndarray]:
@@ -104,11 +112,6 @@ def side_inputs(version: ServedVersion, where: str) -> SideInputs | None:
     if all(spec.source in ids for spec in version.signature.inputs):
         return None
     return SideInputs(version, where)
-
-
-def repeated(rows: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Each one-row value repeated ``n`` times, as the contiguous tensor the runtime takes."""
-    return {name: np.repeat(row[np.newaxis], n, axis=0) for name, row in rows.items()}
 
 
 def sent_values(
@@ -142,6 +145,6 @@ def side_feeds(
 ) -> dict[str, np.ndarray]:
     """The side inputs of one user against ``item_rows``: the user-side rows repeated, the items'
     gathered (or ``items``, already gathered for these rows: the catalog's)."""
-    feeds = repeated(side.user_rows(user_row, sent or Encoded()), len(item_rows))
+    feeds = side.users(user_row, len(item_rows), sent or Encoded())
     feeds.update(side.items(item_rows) if items is None else items)
     return feeds

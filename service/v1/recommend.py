@@ -137,7 +137,7 @@ async def recommend(version: ServedVersion, request: RecommendRequest) -> Recomm
         items = None  # gathered for the rows left
     if rows.size == 0:
         return Recommendation([], [], bool(unknown_users), unknown_items, mode)
-    outputs = await version.infer(feeding.feeds(user_rows[0], rows, sent, items))
+    outputs = await version.infer_built(feeding.feeds(user_rows[0], rows, sent, items))
     scores = outputs[feeding.score]
     if tie_rank is None:
         best = top_k_by_id(scores, ids if kept is None else ids[kept], request.k)
@@ -183,5 +183,5 @@ async def score(
     sent = feeding.sent(version, request)
     user_rows, unknown_users = version.rows(feeding.user, [request.user_id])
     rows, unknown_items = version.rows(feeding.item, request.item_ids)
-    outputs = await version.infer(feeding.feeds(user_rows[0], rows, sent))
+    outputs = await version.infer_built(feeding.feeds(user_rows[0], rows, sent))
     return outputs[feeding.score].tolist(), bool(unknown_users), unknown_items
