@@ -16,6 +16,7 @@ from recserve import cli
 from service.v2.routes import metadata_parameters
 from tests.app_harness import Harness
 from tests.factories import publish_random_version, reference_scores
+from tests.planted_features import FLAGS, write_planted
 from training.data import load
 from training.evaluate import evaluate
 from training.evaluate_cli import OnnxScorer
@@ -261,3 +262,26 @@ async def test_v2_model_metadata_carries_each_versions_parameters(served: Harnes
     first = (await served.client.get("/v2/models/m/versions/1")).json()
     assert first["parameters"] == {"kind": "fake"}
     assert all(math.isfinite(v) for v in latest["parameters"].values() if isinstance(v, float))
+
+
+def test_a_feature_model_is_evaluated_with_the_features_of_its_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the server fills a request by id: each user's and item's rows of the version's tables
+    (the user's latest items among them); the run's report comes back exactly."""
+    planted = write_planted(tmp_path)
+    repository = tmp_path / "repo"
+    data = ["--data", str(planted.interactions)]
+    argv = [
+        "train", *data, "--model", "tiny", "--repository", str(repository), "--no-refit",
+        "--user-features", str(planted.users), "--item-features", str(planted.items), *FLAGS,
+        "--history-items", "3", "--seed", "2",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    code, out, err = _evaluate(capsys, repository, "--json", data=data)
+    assert (code, err) == (0, "")
+    (scored,) = json.loads(out)["versions"]
+    recorded = _recorded(repository, 1)
+    for key in FIGURES:
+        assert scored[key] == pytest.approx(recorded[key], abs=1e-6), key

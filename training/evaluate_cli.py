@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from modelrepo import Source, StoredVersion, VersionError, is_model_name, read_version
+from modelrepo import (
+    Source,
+    StoredVersion,
+    VersionError,
+    is_model_name,
+    read_version,
+    table_type,
+)
 from modelrepo.access import read_problem
 from modelrepo.layout import MODEL_NAME_PATTERN, MODEL_NAME_RULE, list_versions
 from training.cli import (
@@ -45,6 +52,7 @@ from training.two_stage import DotIndex, evaluate_two_stage, report_lines
 
 DEFAULT_NEGATIVES = 99  # what leave_one_out holds out against when the version records nothing
 RUN_ROWS = 1 << 16  # rows per ONNX Runtime call: bounds the memory of a large candidate set
+_ID_SOURCES = (Source.USER, Source.ITEM)
 _SYNTHETIC_FLAGS = ("synthetic_users", "synthetic_items", "synthetic_interactions")
 
 
@@ -90,13 +98,20 @@ class OnnxScorer:
     def __init__(self, stored: StoredVersion, data: Interactions, threads: int) -> None:
         signature = stored.manifest.signature
         user, item = signature.one_from(Source.USER), signature.one_from(Source.ITEM)
-        others = [s.name for s in signature.inputs if s.source not in (Source.USER, Source.ITEM)]
-        if user is None or item is None or others:
+        if user is None or item is None:
             raise EvaluationError(
-                f"version {stored.path.name} does not take just a user and an item "
-                f"(inputs {[s.name for s in signature.inputs]}); evaluate feeds those two only"
+                f"version {stored.path.name} takes no user or no item input (inputs "
+                f"{[s.name for s in signature.inputs]}); evaluate scores (user, item) pairs"
             )
         self.user_input, self.item_input, self.output = user.name, item.name, signature.score
+        # A feature model's other inputs, as the server fills them for a request by id: the rows
+        # of the version's feature tables, the defaults for request-time context.
+        self.side = [spec for spec in signature.inputs if spec.source not in _ID_SOURCES]
+        self.columns = {
+            spec.name: stored.tables[str(spec.table)][spec.name]
+            for spec in self.side
+            if spec.source is not Source.CONTEXT
+        }
         # Dense index -> the version's row, through the version's own vocabularies.
         self.user_rows, unknown_users = stored.vocabulary(user).rows(data.user_ids)
         self.item_rows, unknown_items = stored.vocabulary(item).rows(data.item_ids)
@@ -113,15 +128,25 @@ class OnnxScorer:
         parts = [
             self.session.run(
                 [self.output],
-                {
-                    self.user_input: user_rows[start : start + RUN_ROWS],
-                    self.item_input: item_rows[start : start + RUN_ROWS],
-                },
+                self._feeds(
+                    user_rows[start : start + RUN_ROWS], item_rows[start : start + RUN_ROWS]
+                ),
             )[0]
             for start in range(0, users.size, RUN_ROWS)
         ]
         flat = [np.asarray(part, dtype=np.float64).reshape(-1) for part in parts]
         return np.concatenate(flat) if flat else np.zeros(0)
+
+    def _feeds(self, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {self.user_input: user_rows, self.item_input: item_rows}
+        for spec in self.side:
+            if spec.source is Source.CONTEXT:
+                dtype, shape = table_type(spec, user_rows.size)
+                feeds[spec.name] = np.zeros(shape, dtype=dtype)
+            else:
+                rows = user_rows if spec.source is Source.USER_TABLE else item_rows
+                feeds[spec.name] = self.columns[spec.name].take(rows, axis=0)
+        return feeds
 
     def unknown(self, data: Interactions, split: Split) -> tuple[int, int]:
         """Held-out users, and distinct candidate items, the version has no row for."""
