@@ -198,16 +198,8 @@ class Model(ABC):
         """
         if sample_features:
             raise ValueError(f"a {self.kind} model takes no side features")
-        self._check_rows(users, self.n_user_rows, "user")
-        self._check_rows(items, self.n_item_rows, "item")
-        if users.shape != items.shape:
-            raise ValueError(f"users {users.shape} and items {items.shape} differ in shape")
-        dropout_rng = None
-        if train and self.config.dropout > 0.0:
-            if rng is None:
-                raise ValueError("training with dropout needs an rng")
-            dropout_rng = rng
-        cache = self._forward(users, items, dropout_rng)
+        self._check_pairs(users, items)
+        cache = self._forward(users, items, self._dropout_rng(train, rng))
         return self._head.forward(self.params, cache.head_input)[:, 0], cache
 
     def backward(self, cache: ForwardCache, dlogits: Array) -> Grads:
@@ -277,6 +269,21 @@ class Model(ABC):
         dim = self.config.embedding_dim
         grads[tables[0]] = self._embeddings[tables[0]].backward(users, dx[:, :dim])
         grads[tables[1]] = self._embeddings[tables[1]].backward(items, dx[:, dim:])
+
+    def _check_pairs(self, users: Rows, items: Rows) -> None:
+        """ValueError unless ``users`` and ``items`` are rows of this model, one each per pair."""
+        self._check_rows(users, self.n_user_rows, "user")
+        self._check_rows(items, self.n_item_rows, "item")
+        if users.shape != items.shape:
+            raise ValueError(f"users {users.shape} and items {items.shape} differ in shape")
+
+    def _dropout_rng(self, train: bool, rng: Rng | None) -> Rng | None:
+        """What draws the tower's dropout masks: ``rng`` when training with dropout, else None."""
+        if not (train and self.config.dropout > 0.0):
+            return None
+        if rng is None:
+            raise ValueError("training with dropout needs an rng")
+        return rng
 
     @staticmethod
     def _check_rows(rows: Rows, n_rows: int, what: str) -> None:

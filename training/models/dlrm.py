@@ -249,10 +249,7 @@ class DLRM(Model):
         replaces a table's rows by per-row values: a training positive's preceding items); in
         training, user ids replaced by the unknown row at rate ``id_dropout`` (their features
         kept)."""
-        self._check_rows(users, self.n_user_rows, "user")
-        self._check_rows(items, self.n_item_rows, "item")
-        if users.shape != items.shape:
-            raise ValueError(f"users {users.shape} and items {items.shape} differ in shape")
+        self._check_pairs(users, items)
         feeds = self.inputs_for(users, items)
         if sample_features:
             unknown = set(sample_features) - {f.name for f in self.features if f.table is not None}
@@ -292,12 +289,7 @@ class DLRM(Model):
         return self.predict_inputs(feeds)
 
     def _run(self, feeds: Feeds, train: bool, rng: Rng | None) -> tuple[Array, ForwardCache]:
-        dropout_rng = None
-        if train and self.config.dropout > 0.0:
-            if rng is None:
-                raise ValueError("training with dropout needs an rng")
-            dropout_rng = rng
-        cache = self._forward_feeds(feeds, dropout_rng)
+        cache = self._forward_feeds(feeds, self._dropout_rng(train, rng))
         return self._head.forward(self.params, cache.head_input)[:, 0], cache
 
     def _forward(self, users: Rows, items: Rows, rng: Rng | None) -> ForwardCache:
