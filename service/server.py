@@ -211,11 +211,13 @@ def worker_sockets(config: uvicorn.Config, workers: int) -> list[socket.socket]:
     restarted worker takes over its predecessor's socket and the connections waiting on it.
 
     The address is first bound without ``SO_REUSEPORT`` (and released): a port another server
-    already listens on is refused as with one socket, never silently shared. Without
-    ``SO_REUSEPORT`` (or for a Unix socket or an inherited descriptor) all share one socket.
+    already listens on is refused as with one socket, never silently shared. Elsewhere than on
+    Linux (whose kernel balances ``SO_REUSEPORT`` sockets; BSD kernels give one socket every
+    connection), for a Unix socket or an inherited descriptor, all share one socket.
     """
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
-    if workers < 2 or reuse_port is None or config.uds is not None or config.fd is not None:
+    shared = not sys.platform.startswith("linux") or config.uds is not None or config.fd is not None
+    if workers < 2 or reuse_port is None or shared:
         return [config.bind_socket()] * workers
     probe = config.bind_socket()  # binds (exits naming the error if taken) and logs the address
     host, port = probe.getsockname()[:2]

@@ -30,6 +30,7 @@ from training.cli import build_parser, config_from_args
 from training.layers import Grads, SparseRows, sigmoid
 from training.models import DLRM, ForwardCache, ModelConfig, SideFeature, base, build_model
 from training.models.dlrm import DLRMCache
+from training.models.dlrm_graph import feature_table
 from training.optim import Adam, train_step
 
 
@@ -75,15 +76,19 @@ def test_every_parameter_gradient_matches_finite_differences(
         model, lambda: model.forward(USERS, ITEMS, train=True, rng=np.random.default_rng(9))
     )
     assert set(grads) == set(model.params)
-    # Embedding gradients are sparse over the rows looked up (a bag's non-zero entries).
+    # Embedding gradients are sparse over the rows looked up (a bag's non-zero entries; a bag of
+    # the user's items reads the item table, whose rows are then the items' and the bag's).
     looked_up = {"user_emb": cache.users, "item_emb": cache.items}
     looked_up |= {"user_bias": cache.users, "item_bias": cache.items}
     for feature in model.features:
         rows = cache.feeds[feature.name]
+        table = feature_table(feature.input_spec())
         if feature.role is Role.MULTI_HOT:
-            looked_up[f"{feature.name}_emb"] = rows[rows != 0]
-        elif feature.role is Role.ID:
-            looked_up[f"{feature.name}_emb"] = rows
+            rows = rows[rows != 0]
+        if feature.role is not Role.DENSE:
+            looked_up[table] = np.concatenate([looked_up.get(table, rows[:0]), rows])
+    if features in ("history", "all_and_history"):
+        assert "user_recent_items_emb" not in model.params  # its rows are item_emb's
     for name, rows in looked_up.items():
         grad = grads[name]
         assert isinstance(grad, SparseRows)

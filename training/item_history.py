@@ -2,11 +2,13 @@
 
 A feature model (``dlrm``) trained with ``history_items`` K reads one more user input,
 ``user_recent_items``: a bag (multi-hot, INT64 ``[N, K]`` padded with 0) of item rows, bound to
-the item id vocabulary (``items.txt``), so that a caller names the items by their own ids. Its
-embedding table is the feature's own. It carries what a user did lately, which on MovieLens 100K
-predicts the next item far better than who the user is: a user the model never saw, sending the
-items they just rated, is ranked from them (cold start), and a known user's published row holds
-their latest items.
+the item id vocabulary (``items.txt``), so that a caller names the items by their own ids. The
+model embeds it with the item table itself (``training.models.dlrm_graph.feature_table``): the
+bag is the mean of the vectors of the items in it, in the space the candidates are scored in, and
+it joins the user's vector in the MF head. It carries what a user did lately, which on MovieLens
+100K predicts the next item far better than who the user is: a user the model never saw, sending
+the items they just rated, is ranked from them (cold start), and a known user's published row
+holds their latest items.
 
 Where the bag comes from:
 

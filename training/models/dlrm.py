@@ -2,15 +2,19 @@
 
 Every categorical input (the user id, the item id, each categorical feature) is looked up in its
 own embedding table of width D = ``embedding_dim``; a multi-hot feature is the mean of the
-embeddings of its non-zero entries (a zero vector for an empty bag: 0 is padding); the numeric
-features, concatenated, go through the bottom MLP (ReLU layers ``bottom``, then a ReLU layer to
-D). The interaction is DLRM's: the pairwise dot products of all those D-vectors (the bottom MLP's
-output among them; upper triangle, no self products), after the bottom MLP's output; then the
-top MLP (``tower``). The output layer also reads an "MF head" (weights starting at ones): the
-user and item vectors' element-wise product and a bias per user and per item, as ``mf``'s; DLRM
-alone lacks the item bias that carries popularity, and lost to ``mf`` on MovieLens 100K. Then the
-sigmoid. Without numeric features there is no bottom MLP and the top MLP sees the dot products
-alone (an id-only dlrm model: the one product of the user and item vectors).
+embeddings of its non-zero entries (a zero vector for an empty bag: 0 is padding). A bag of the
+user's items (a user-side multi-hot input over the item ids: ``--history-items``) is read from the
+item table itself, and its mean joins the user's vector in the MF head (SVD++'s implicit-feedback
+term); sharing the table scored NDCG@10 about 0.01 higher on MovieLens 100K than a table of its
+own, on each of four split seeds. The numeric features, concatenated, go through the bottom MLP
+(ReLU layers ``bottom``, then a ReLU layer to D). The interaction is DLRM's: the pairwise dot
+products of all those D-vectors (the bottom MLP's output among them; upper triangle, no self
+products), after the bottom MLP's output; then the top MLP (``tower``). The output layer also reads
+an "MF head" (weights starting at ones): the user and item vectors' element-wise product and a bias
+per user and per item, as ``mf``'s; DLRM alone lacks the item bias that carries popularity, and
+lost to ``mf`` on MovieLens 100K. Then the sigmoid. Without numeric features there is no bottom MLP
+and the top MLP sees the dot products alone (an id-only dlrm model: the one product of the user and
+item vectors).
 
 The features come from the tables of its :class:`~training.models.side.SideFeature`s:
 ``forward(users, items)`` gathers the rows' features, as the training loop and the server by id
@@ -40,7 +44,7 @@ from training.models.base import ForwardCache, GraphNodes, Model, Rng, Rows, Tab
 from training.models.config import ModelConfig
 from training.models.dlrm_graph import (
     bottom_layer,
-    embedding_param,
+    feature_table,
     interaction_graph,
     mf_head_graph,
     side_param,
@@ -78,8 +82,9 @@ def _bottom_layers(config: ModelConfig) -> list[Dense]:
 @register("dlrm")
 class DLRM(Model):
     """Parameters: ``user_emb``, ``item_emb``, ``<input>_emb`` per categorical or multi-hot
-    feature, ``W_bottom<k>``/``b_bottom<k>`` (with numeric features), the tower, ``user_bias`` and
-    ``item_bias`` (the MF head's) and the output layer over the tower's output and the MF head."""
+    feature (a bag of the user's items reads ``item_emb``), ``W_bottom<k>``/``b_bottom<k>`` (with
+    numeric features), the tower, ``user_bias`` and ``item_bias`` (the MF head's) and the output
+    layer over the tower's output and the MF head."""
 
     tables = (
         Table("user_emb", Source.USER, "embedding_dim"),
@@ -113,10 +118,11 @@ class DLRM(Model):
         self._embedded = [feature for feature in self.features if feature.embedded]
         self._dense = [feature for feature in self.features if not feature.embedded]
         self._bottom = _bottom_layers(config) if self._dense else []
-        for feature in self._embedded:
-            self._embeddings[embedding_param(feature.name)] = Embedding(
-                embedding_param(feature.name)
-            )
+        self._tables = {f.name: feature_table(f.input_spec()) for f in self._embedded}
+        """The embedding table of each categorical or multi-hot input (a bag of the user's items
+        reads the item table)."""
+        for table in set(self._tables.values()) - set(self._embeddings):
+            self._embeddings[table] = Embedding(table)
         n_vectors = 2 + len(self._embedded) + (1 if self._dense else 0)
         self._pairs = np.triu_indices(n_vectors, k=1)
         self._joining = [
@@ -147,8 +153,9 @@ class DLRM(Model):
         shapes: dict[str, tuple[int, ...]] = {"user_emb": (n_user_rows, dim)}
         shapes["item_emb"] = (n_item_rows, dim)
         for feature in features:
-            if feature.embedded and feature.n_rows is not None:
-                shapes[embedding_param(feature.name)] = (feature.n_rows, dim)
+            table = feature_table(feature.input_spec())
+            if feature.embedded and feature.n_rows is not None and table not in shapes:
+                shapes[table] = (feature.n_rows, dim)
         dense_width = sum(feature.width for feature in features if not feature.embedded)
         n_vectors = 2 + sum(feature.embedded for feature in features)
         if dense_width:
@@ -301,7 +308,7 @@ class DLRM(Model):
         vectors = [self._lookup("user_emb", users), self._lookup("item_emb", items)]
         for feature in self._embedded:
             rows = feeds[feature.name]
-            looked_up = self._lookup(embedding_param(feature.name), rows)
+            looked_up = self._lookup(self._tables[feature.name], rows)
             if feature.role is Role.MULTI_HOT:
                 mask = (rows != 0).astype(looked_up.dtype)
                 count = np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
@@ -342,18 +349,26 @@ class DLRM(Model):
         dvectors[:, 1] += dproduct * user
         users, items = cache.users, cache.items
         grads["user_emb"] = self._embeddings["user_emb"].backward(users, dvectors[:, 0])
-        grads["item_emb"] = self._embeddings["item_emb"].backward(items, dvectors[:, 1])
         grads["user_bias"] = self._embeddings["user_bias"].backward(users, dbiases[:, :1])
         grads["item_bias"] = self._embeddings["item_bias"].backward(items, dbiases[:, 1:])
+        # Per table, the rows looked up and their gradients: the item table also gets those of
+        # a bag of the user's items.
+        lookups: dict[str, list[tuple[NDArray[np.integer], Array]]] = {
+            "user_emb": [(users, dvectors[:, 0])], "item_emb": [(items, dvectors[:, 1])],
+        }  # fmt: skip
         for k, feature in enumerate(self._embedded, start=2):
             rows, dvector = cache.feeds[feature.name], dvectors[:, k]
-            table = self._embeddings[embedding_param(feature.name)]
             if feature.role is Role.MULTI_HOT:
                 present = rows != 0
                 samples = np.nonzero(present)[0]
                 dvector = (dvector / cache.bag_counts[feature.name])[samples]
                 rows = rows[present]
-            grads[table.name] = table.backward(rows, dvector)
+            lookups.setdefault(self._tables[feature.name], []).append((rows, dvector))
+        for name, parts in lookups.items():
+            rows = np.concatenate([part[0] for part in parts])
+            grads[name] = self._embeddings[name].backward(
+                rows, np.concatenate([p[1] for p in parts])
+            )
         if self._dense:
             dx: Array = dtop[:, :dim] + dvectors[:, -1]
             self._relu_backward(self._bottom, dx, cache.bottom_inputs, cache.bottom_masks, grads)
@@ -367,19 +382,22 @@ class DLRM(Model):
         return np.unique(rows[rows != 0] if feature.role is Role.MULTI_HOT else rows)
 
     def regularization(self, cache: ForwardCache) -> float:
+        """As every kind's, plus each feature table's looked-up rows (an item-table row the
+        batch read as an item and in a bag counts once)."""
+        assert isinstance(cache, DLRMCache)
         total = super().regularization(cache)
         l2 = self.config.l2
         for feature in self._embedded if l2 > 0.0 else ():
-            looked_up = self.params[embedding_param(feature.name)][
-                self._feature_rows(feature, cache)
-            ]
+            table, rows = self._tables[feature.name], self._feature_rows(feature, cache)
+            if table == "item_emb":
+                rows = np.setdiff1d(rows, cache.items)
+            looked_up = self.params[table][rows]
             total += 0.5 * l2 * float(np.vdot(looked_up, looked_up))
         return total
 
     def _add_l2(self, grads: Grads) -> None:
-        super()._add_l2(grads)
-        for feature in self._embedded:
-            name = embedding_param(feature.name)
+        super()._add_l2(grads)  # the item table's rows, bags' included
+        for name in {table for table in self._tables.values() if table != "item_emb"}:
             sparse = grads[name]
             assert isinstance(sparse, SparseRows)
             values = sparse.values + self.config.l2 * self.params[name][sparse.rows]

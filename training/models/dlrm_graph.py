@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelrepo import Role, Signature, Source
+from modelrepo import InputSpec, Role, Signature, Source
 from training.models.base import GraphNodes, Weights
 from training.models.dlrm_inputs import joins_user_vector
 
@@ -26,8 +26,14 @@ _IDS = {Source.USER: "user_emb", Source.ITEM: "item_emb"}
 
 
 def embedding_param(input_name: str) -> str:
-    """The embedding table of a categorical or multi-hot input."""
+    """The embedding table of a categorical or multi-hot input of its own."""
     return f"{input_name}_emb"
+
+
+def feature_table(spec: InputSpec) -> str:
+    """The embedding table input ``spec`` reads: the item ids' for a bag of the user's items
+    (``joins_user_vector``: its values are item rows), else its own."""
+    return _IDS[Source.ITEM] if joins_user_vector(spec) else embedding_param(spec.name)
 
 
 def bottom_layer(k: int) -> tuple[str, str]:
@@ -46,7 +52,7 @@ def interaction_graph(nodes: GraphNodes, params: Weights, signature: Signature) 
     dense: list[str] = []
     bags = 0
     for spec in signature.inputs:
-        table = _IDS.get(spec.source, embedding_param(spec.name))
+        table = _IDS.get(spec.source, feature_table(spec))
         if spec.role is not Role.DENSE and params[table].shape[0] != spec.n_rows:
             raise ValueError(
                 f"{table} has {params[table].shape[0]} rows, '{spec.name}' {spec.n_rows}"
