@@ -247,6 +247,7 @@ def test_a_ragged_row_exits_2_naming_its_line(
         (["--feature-kind", "shoe_size=numeric"], ["--feature-kind", "shoe_size"]),
         (["--drop-feature", "colour"], ["--drop-feature", "colour"]),
         (["--kind", "mf"], ["--user-features", "--kind dlrm"]),
+        (["--history-items", "-1"], ["--history-items", "at least 0"]),
     ],
 )
 def test_feature_flags_that_do_not_fit_exit_2_naming_the_flag(

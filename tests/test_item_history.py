@@ -4,12 +4,16 @@ holds each user's latest items, and a cold-start user's bag is what they did bef
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from modelrepo import Role, Source
 from modelrepo.layout import ITEMS_FILE
+from training.cli import main
 from training.cold_start import ColdUsers
+from training.exits import EXIT_USAGE
 from training.item_history import (
     HISTORY_INPUT,
     history_feature,
@@ -152,3 +156,13 @@ def test_only_a_feature_model_reads_the_history() -> None:
         dlrm.forward(
             np.array([1]), np.array([1]), sample_features={HISTORY_INPUT: np.full((1, 2), 9)}
         )
+
+
+def test_the_history_needs_the_feature_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data", "synthetic", "--model", "m", "--repository", str(tmp_path), "--kind", "mf",
+            "--history-items", "5"]  # fmt: skip
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--history-items needs --kind dlrm" in err and err.count("\n") == 1
