@@ -4,8 +4,8 @@
 the repository contract, MovieLens-100K sized (943 users, 1,682 items, embedding 32, tower
 64-32-16): ``ml100k-ids`` reads the two ids alone; ``ml100k-features`` also reads what the
 README's MovieLens recipe (``recserve train --kind dlrm --user-features u.user --item-features
-u.item --feature-kind age=numeric --drop-feature zip_code --history-items 10``) gives it (user age
-numeric, gender and occupation categorical, the user's 10 latest items as a bag over the item ids;
+u.item --feature-kind age=numeric --drop-feature zip_code --history-items 5``) gives it (user age
+numeric, gender and occupation categorical, the user's 5 latest items as a bag over the item ids;
 item release year categorical and the 19 genres as a multi-hot bag of up to 6), with its tables,
 so that ``/v1`` fills every side input from the tables. One ``recserve serve`` serves both; each
 scenario is run on each model in turns (``score-100``: 100 items scored; ``recommend-100``: top 10
@@ -29,7 +29,7 @@ from training.models import ModelConfig, SideFeature, build_model, feature_table
 N_USERS, N_ITEMS = 943, 1_682
 CONFIG = ModelConfig(kind="dlrm", embedding_dim=32, tower=(64, 32, 16), bottom=(16,))
 IDS, FEATURES = "ml100k-ids", "ml100k-features"
-HISTORY_ITEMS = 10  # the user's latest items, as the MovieLens recipe trains with
+HISTORY_ITEMS = 5  # the user's latest items, as the MovieLens recipe trains with
 TARGET = 0.7  # feature rank-100 requests/s over the id-only model's
 RANK_100 = ("score-100", "recommend-100")
 

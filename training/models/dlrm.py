@@ -6,15 +6,15 @@ embeddings of its non-zero entries (a zero vector for an empty bag: 0 is padding
 user's items (a user-side multi-hot input over the item ids: ``--history-items``) is read from the
 item table itself, and its mean joins the user's vector in the MF head (SVD++'s implicit-feedback
 term); sharing the table scored NDCG@10 about 0.01 higher on MovieLens 100K than a table of its
-own, on each of four split seeds. The numeric features, concatenated, go through the bottom MLP
-(ReLU layers ``bottom``, then a ReLU layer to D). The interaction is DLRM's: the pairwise dot
-products of all those D-vectors (the bottom MLP's output among them; upper triangle, no self
-products), after the bottom MLP's output; then the top MLP (``tower``). The output layer also reads
-an "MF head" (weights starting at ones): the user and item vectors' element-wise product and a bias
-per user and per item, as ``mf``'s; DLRM alone lacks the item bias that carries popularity, and
-lost to ``mf`` on MovieLens 100K. Then the sigmoid. Without numeric features there is no bottom MLP
-and the top MLP sees the dot products alone (an id-only dlrm model: the one product of the user and
-item vectors).
+own, on each of four split seeds (10 items per bag). The numeric features, concatenated, go through
+the bottom MLP (ReLU layers ``bottom``, then a ReLU layer to D). The interaction is DLRM's: the
+pairwise dot products of all those D-vectors (the bottom MLP's output among them; upper triangle,
+no self products), after the bottom MLP's output; then the top MLP (``tower``). The output layer
+also reads an "MF head" (weights starting at ones): the user and item vectors' element-wise product
+and a bias per user and per item, as ``mf``'s; DLRM alone lacks the item bias that carries
+popularity, and lost to ``mf`` on MovieLens 100K. Then the sigmoid. Without numeric features there
+is no bottom MLP and the top MLP sees the dot products alone (an id-only dlrm model: the one
+product of the user and item vectors).
 
 The features come from the tables of its :class:`~training.models.side.SideFeature`s:
 ``forward(users, items)`` gathers the rows' features, as the training loop and the server by id
