@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from training.models.dlrm_graph import (
     side_param,
 )
 from training.models.dlrm_inputs import Feeds, check_feeds, dlrm_signature, joins_user_vector
+from training.models.dlrm_params import init_params, mf_width, param_shapes
 from training.models.registry import register
 from training.models.side import SideFeature
 
@@ -148,29 +148,8 @@ class DLRM(Model):
     def param_shapes(
         config: ModelConfig, n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
     ) -> dict[str, tuple[int, ...]]:
-        """Every parameter's shape, in the order ``init_params`` draws them."""
-        dim = config.embedding_dim
-        shapes: dict[str, tuple[int, ...]] = {"user_emb": (n_user_rows, dim)}
-        shapes["item_emb"] = (n_item_rows, dim)
-        for feature in features:
-            table = feature_table(feature.input_spec())
-            if feature.embedded and feature.n_rows is not None and table not in shapes:
-                shapes[table] = (feature.n_rows, dim)
-        dense_width = sum(feature.width for feature in features if not feature.embedded)
-        n_vectors = 2 + sum(feature.embedded for feature in features)
-        if dense_width:
-            n_vectors += 1
-            widths = [dense_width, *config.bottom, dim]
-            for k, (fan_in, out) in enumerate(pairwise(widths)):
-                weight, bias = bottom_layer(k)
-                shapes[weight], shapes[bias] = (fan_in, out), (out,)
-        width = n_vectors * (n_vectors - 1) // 2 + (dim if dense_width else 0)
-        for k, out in enumerate(config.tower):
-            shapes[f"W{k}"], shapes[f"b{k}"] = (width, out), (out,)
-            width = out
-        shapes["user_bias"], shapes["item_bias"] = (n_user_rows, 1), (n_item_rows, 1)
-        shapes["w_out"], shapes["b_out"] = (width + _mf_width(config), 1), (1,)
-        return shapes
+        """Every parameter's shape (``training.models.dlrm_params``)."""
+        return param_shapes(config, n_user_rows, n_item_rows, features)
 
     @classmethod
     def init_params(
@@ -181,26 +160,8 @@ class DLRM(Model):
         seed: int,
         features: Sequence[SideFeature] = (),
     ) -> Params:
-        """As the other kinds: embeddings normal(0, 0.01) with row 0 (unknown id, unknown
-        category, padding) at zero, He-normal ReLU layers, a Glorot output layer over the top MLP,
-        zero biases; the output weights of the MF head at ones, as ``mf``'s."""
-        if n_user_rows < 1 or n_item_rows < 1:
-            raise ValueError("embedding tables need at least the unknown-id row")
-        rng = np.random.default_rng(seed)
-        params: Params = {}
-        for name, shape in cls.param_shapes(config, n_user_rows, n_item_rows, features).items():
-            if name.endswith("_emb"):
-                params[name] = rng.normal(0.0, 0.01, shape).astype(np.float32)
-                params[name][UNKNOWN_ROW] = 0.0
-            elif name == "w_out":
-                limit = np.sqrt(6.0 / (config.tower[-1] + 1))
-                params[name] = rng.uniform(-limit, limit, shape).astype(np.float32)
-                params[name][config.tower[-1] :] = 1.0
-            elif name.startswith("W"):
-                params[name] = rng.normal(0.0, np.sqrt(2.0 / shape[0]), shape).astype(np.float32)
-            else:
-                params[name] = np.zeros(shape, dtype=np.float32)
-        return params
+        """Freshly drawn parameters (``training.models.dlrm_params``)."""
+        return init_params(config, n_user_rows, n_item_rows, seed, features)
 
     @classmethod
     def signature_for(cls, params: Weights) -> Signature:
@@ -336,7 +297,7 @@ class DLRM(Model):
         assert isinstance(cache, DLRMCache) and cache.vectors is not None
         stacked = cache.vectors
         n, n_vectors, dim = stacked.shape
-        split = dhead.shape[1] - _mf_width(self.config)
+        split = dhead.shape[1] - mf_width(self.config)
         dproduct, dbiases = dhead[:, split : split + dim], dhead[:, split + dim :]
         dtop = self._tower_backward(dhead[:, :split], cache, grads)
         ddots = dtop[:, dim:] if self._dense else dtop
@@ -414,8 +375,3 @@ class DLRM(Model):
     def graph_inputs(cls, nodes: GraphNodes, params: Weights, signature: Signature) -> str:
         tower = cls._graph_tower(nodes, params, interaction_graph(nodes, params, signature))
         return mf_head_graph(nodes, signature, tower)
-
-
-def _mf_width(config: ModelConfig) -> int:
-    """The MF head's columns of the output layer's input: the product, two biases."""
-    return config.embedding_dim + 2
