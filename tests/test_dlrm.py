@@ -185,12 +185,13 @@ def test_id_dropout_replaces_ids_and_keeps_their_features() -> None:
 def test_parameters_signature_and_initialisation() -> None:
     model = build_model(dataclasses.replace(CONFIG, embedding_dim=8), 7, 6, 0, FEATURE_SETS["all"])
     shapes = {name: value.shape for name, value in model.params.items()}
-    # Vectors: user, item, occupation, genres, bottom MLP -> 10 products, after 8 dense values.
+    # Vectors: user, item, occupation, genres, bottom MLP -> the 8 values of their pairs'
+    # products, after 8 dense values.
     # The output layer reads the tower's 4 outputs, then the MF head: 8 products, 2 biases.
     assert shapes == {
         "user_emb": (7, 8), "item_emb": (6, 8), "user_occupation_emb": (4, 8),
         "item_genres_emb": (5, 8), "W_bottom0": (3, 4), "b_bottom0": (4,), "W_bottom1": (4, 8),
-        "b_bottom1": (8,), "W0": (18, 5), "b0": (5,), "W1": (5, 4), "b1": (4,),
+        "b_bottom1": (8,), "W0": (16, 5), "b0": (5,), "W1": (5, 4), "b1": (4,),
         "user_bias": (7, 1), "item_bias": (6, 1), "w_out": (14, 1), "b_out": (1,),
     }  # fmt: skip
     for name, value in model.params.items():

@@ -5,9 +5,8 @@ runs fastest on one CPU thread (measured per batch of 100 and 800 rows; the pari
 to the NumPy forward): Gather for the ids and the categorical features; for a multi-hot feature
 [N, L], the mean of its non-zero entries' rows, each column of the bag gathering from the table
 with row 0 (padding) zeroed and a count column, then one Sum; the numeric inputs concatenated
-through the bottom MLP (Gemm + Relu); the F vectors stacked [N, F, D], MatMul with their
-transpose [N, F, F], flattened, and the upper triangle selected by a MatMul with a constant 0/1
-matrix; the bottom MLP's output concatenated before the products. The inputs are taken in the
+through the bottom MLP (Gemm + Relu); the interaction of the F vectors, elementwise nodes over
+[N, D]; the bottom MLP's output concatenated before it. The inputs are taken in the
 signature's order, as the model takes its features, so the vectors line up.
 :func:`mf_head_graph` then joins the top MLP's output with the MF head (the product of the
 user's vector, with any bag of the user's items added, and the item's; their biases) for the
@@ -67,10 +66,10 @@ def interaction_graph(nodes: GraphNodes, params: Weights, signature: Signature) 
     bottom = _bottom_mlp(nodes, params, dense) if dense else None
     if bottom is not None:
         vectors.append(bottom)
-    dots = _pairwise_dots(nodes, vectors, params["user_emb"].shape[1])
+    pairs = _interaction(nodes, vectors)
     if bottom is None:
-        return dots
-    return nodes.add("Concat", [bottom, dots], "top_in", axis=1)
+        return pairs
+    return nodes.add("Concat", [bottom, pairs], "top_in", axis=1)
 
 
 def mf_head_graph(nodes: GraphNodes, signature: Signature, tower: str) -> str:
@@ -155,29 +154,17 @@ def _bottom_mlp(nodes: GraphNodes, params: Weights, dense: list[str]) -> str:
     return x
 
 
-def _pairwise_dots(nodes: GraphNodes, vectors: list[str], dim: int) -> str:
-    """[N, F(F-1)/2]: the dot product of every pair of the F vectors [N, D], upper triangle.
-
-    The F x F products come from one batched MatMul of the stacked vectors with their transpose;
-    the upper triangle is then taken by a MatMul with a constant 0/1 selection matrix [F*F, pairs]
-    (one 1 per column, so each dot is copied exactly), which ONNX Runtime runs several times
-    faster than a Gather of single floats along axis 1. Two vectors (an id-only model) have one
-    product, a Mul and a ReduceSum: about 8x faster than the batched MatMul at 800 rows.
-    """
-    n = len(vectors)
-    if n == 2:
+def _interaction(nodes: GraphNodes, vectors: list[str]) -> str:
+    """The interaction of the F vectors [N, D] (``training.models.dlrm_interaction``): with F > 2,
+    ``sum_k v_k * (v_0 + ... + v_{k-1})`` [N, D], a chain of Add and Mul nodes and one Sum; with
+    two (an id-only model), their dot product [N, 1], a Mul and a ReduceSum."""
+    if len(vectors) == 2:
         nodes.constant("dot_axis", np.array([1], dtype=np.int64))
         product = nodes.add("Mul", vectors, "pair_product")
-        return nodes.add("ReduceSum", [product, "dot_axis"], "dots", keepdims=1)
-    first, second = np.triu_indices(n, k=1)
-    select = np.zeros((n * n, first.size), dtype=np.float32)
-    select[first * n + second, np.arange(first.size)] = 1.0
-    nodes.constant("stack_shape", np.array([-1, n, dim], dtype=np.int64))
-    nodes.constant("products_shape", np.array([-1, n * n], dtype=np.int64))
-    nodes.constant("pair_select", select)
-    joined = nodes.add("Concat", vectors, "vectors_flat", axis=1)
-    stacked = nodes.add("Reshape", [joined, "stack_shape"], "vectors")
-    transposed = nodes.add("Transpose", [stacked], "vectors_t", perm=[0, 2, 1])
-    products = nodes.add("MatMul", [stacked, transposed], "products")
-    flat = nodes.add("Reshape", [products, "products_shape"], "products_flat")
-    return nodes.add("MatMul", [flat, "pair_select"], "dots")
+        return nodes.add("ReduceSum", [product, "dot_axis"], "interaction", keepdims=1)
+    before, products = vectors[0], []
+    for k, vector in enumerate(vectors[1:], start=1):
+        products.append(nodes.add("Mul", [vector, before], f"pairs_with{k}"))
+        if k < len(vectors) - 1:
+            before = nodes.add("Add", [before, vector], f"vectors_before{k + 1}")
+    return nodes.add("Sum", products, "interaction")

@@ -12,6 +12,7 @@ from modelrepo import UNKNOWN_ROW
 from training.layers import Params
 from training.models.config import ModelConfig
 from training.models.dlrm_graph import bottom_layer, feature_table
+from training.models.dlrm_interaction import interaction_width
 from training.models.side import SideFeature
 
 
@@ -39,7 +40,7 @@ def param_shapes(
         for k, (fan_in, out) in enumerate(pairwise(widths)):
             weight, bias = bottom_layer(k)
             shapes[weight], shapes[bias] = (fan_in, out), (out,)
-    width = n_vectors * (n_vectors - 1) // 2 + (dim if dense_width else 0)
+    width = interaction_width(n_vectors, dim) + (dim if dense_width else 0)
     for k, out in enumerate(config.tower):
         shapes[f"W{k}"], shapes[f"b{k}"] = (width, out), (out,)
         width = out
