@@ -113,7 +113,7 @@ class DLRM(Model):
                     f"{feature.name}: the table has {feature.table.shape[0]} rows, the "
                     f"{feature.source} ids {id_rows[feature.source]}"
                 )
-        expected = self.param_shapes(config, n_user_rows, n_item_rows, self.features)
+        expected = param_shapes(config, n_user_rows, n_item_rows, self.features)
         shapes = {name: value.shape for name, value in params.items()}
         if shapes != expected:
             raise ValueError(f"parameters {shapes} do not fit the features: expected {expected}")
@@ -143,13 +143,6 @@ class DLRM(Model):
     ) -> DLRM:
         params = cls.init_params(config, n_user_rows, n_item_rows, seed, features)
         return cls(config, n_user_rows, n_item_rows, params, features)
-
-    @staticmethod
-    def param_shapes(
-        config: ModelConfig, n_user_rows: int, n_item_rows: int, features: Sequence[SideFeature]
-    ) -> dict[str, tuple[int, ...]]:
-        """Every parameter's shape (``training.models.dlrm_params``)."""
-        return param_shapes(config, n_user_rows, n_item_rows, features)
 
     @classmethod
     def init_params(
